@@ -1,0 +1,50 @@
+# containers/image without C libraries: OpenPGP in Go, no cgo.
+GO_TAGS     := containers_image_openpgp
+export GOFLAGS := $(strip $(GOFLAGS) -tags=$(GO_TAGS))
+export CGO_ENABLED := 0
+
+GO          ?= go
+BIN         := bin
+TEST_FLAGS  ?= -timeout 30m
+BENCH_FLAGS ?= -benchtime 5x -benchmem
+
+.PHONY: all build run test test-unit verify update-codegen verify-codegen vet fmt bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/tagger-apiserver ./cmd/tagger-apiserver
+
+# Starts Tagger on this machine: embedded etcd and mirror registry under
+# .tagger/, kubeconfig at .tagger/kubeconfig.
+run: build
+	./$(BIN)/tagger-apiserver --local --local-dir .tagger
+
+# Everything CI checks: generated code, formatting, vet, all tests.
+test: verify
+	$(GO) test $(TEST_FLAGS) ./...
+
+test-unit:
+	$(GO) test -short ./...
+
+verify: verify-codegen vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+update-codegen:
+	./hack/update-codegen.sh
+
+verify-codegen:
+	./hack/verify-codegen.sh
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+bench:
+	$(GO) test -run '^$$' -bench . $(BENCH_FLAGS) ./bench/...
+
+clean:
+	rm -rf $(BIN)

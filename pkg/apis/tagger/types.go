@@ -1,0 +1,121 @@
+/*
+Copyright The Tagger Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+	http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+package tagger
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+const (
+	// MaxHashReferences is how many generations an Image keeps.
+	MaxHashReferences = 25
+	// MaxImportAttempts is how many times an ImageImport tries before giving up.
+	MaxImportAttempts = 10
+
+	// ConditionImported is the ImageImport condition that reports the outcome.
+	ConditionImported = "Imported"
+	// ReasonImageImported marks a successful import.
+	ReasonImageImported = "ImageImported"
+	// ReasonProgressing marks a failed attempt with attempts left.
+	ReasonProgressing = "Progressing"
+	// ReasonNoMoreAttempts marks an import that failed for good.
+	ReasonNoMoreAttempts = "NoMoreAttempts"
+)
+
+// +genclient
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// Image names a remote tag and keeps the digests it resolved to.
+type Image struct {
+	metav1.TypeMeta
+	metav1.ObjectMeta
+
+	Spec   ImageSpec
+	Status ImageStatus
+}
+
+// ImageSpec is what the user asks to track.
+type ImageSpec struct {
+	From     string
+	Mirror   bool
+	Insecure bool
+}
+
+// ImageStatus holds the generations, newest first.
+type ImageStatus struct {
+	HashReferences []HashReference
+}
+
+// HashReference is one generation of an Image.
+type HashReference struct {
+	From           string
+	ImportedAt     metav1.Time
+	ImageReference string
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImageList is a list of Images.
+type ImageList struct {
+	metav1.TypeMeta
+	metav1.ListMeta
+
+	Items []Image
+}
+
+// +genclient
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImageImport is one request to import a new generation into an Image.
+type ImageImport struct {
+	metav1.TypeMeta
+	metav1.ObjectMeta
+
+	Spec   ImageImportSpec
+	Status ImageImportStatus
+}
+
+// ImageImportSpec says what to import; unset fields come from the target Image.
+type ImageImportSpec struct {
+	TargetImage string
+	From        string
+	Mirror      *bool
+	Insecure    *bool
+}
+
+// ImageImportStatus is the outcome of the import.
+type ImageImportStatus struct {
+	HashReference  *HashReference
+	ImportAttempts []ImportAttempt
+	Conditions     []metav1.Condition
+}
+
+// ImportAttempt records one try.
+type ImportAttempt struct {
+	When    metav1.Time
+	Succeed bool
+	Reason  string
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImageImportList is a list of ImageImports.
+type ImageImportList struct {
+	metav1.TypeMeta
+	metav1.ListMeta
+
+	Items []ImageImport
+}

@@ -1,0 +1,171 @@
+/*
+Copyright The Tagger Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+	http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+package v1beta1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// +genclient
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// Image names a remote image tag and keeps a bounded history of the digest
+// references it resolved to. New generations are added by creating
+// ImageImports (or by pushing through the images/push subresource).
+type Image struct {
+	metav1.TypeMeta `json:",inline"`
+	// Standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec says which remote image this Image tracks and how to import it.
+	Spec ImageSpec `json:"spec"`
+	// Status holds the generations this Image resolved to, newest first.
+	// +optional
+	Status ImageStatus `json:"status,omitempty"`
+}
+
+// ImageSpec says which remote image an Image tracks and how it is imported.
+type ImageSpec struct {
+	// From is the source of the image, a docker reference such as
+	// "quay.io/org/app:latest". Unqualified names mean Docker Hub
+	// ("nginx" is "docker.io/library/nginx:latest") and a missing tag
+	// means "latest".
+	// +required
+	From string `json:"from"`
+	// Mirror, when true, copies every imported generation into the
+	// cluster's mirror registry and points the generation at the copy.
+	// +optional
+	Mirror bool `json:"mirror,omitempty"`
+	// Insecure skips TLS verification (and allows plain http) when talking
+	// to the source registry.
+	// +optional
+	Insecure bool `json:"insecure,omitempty"`
+}
+
+// ImageStatus holds the generations of an Image.
+type ImageStatus struct {
+	// HashReferences are the digest references this Image resolved to,
+	// newest first, at most 25.
+	// +optional
+	// +listType=atomic
+	HashReferences []HashReference `json:"hashReferences,omitempty"`
+}
+
+// HashReference is one generation of an Image: where it came from and the
+// digest reference it resolved to.
+type HashReference struct {
+	// From is the reference the generation was imported from, usually a tag.
+	From string `json:"from"`
+	// ImportedAt is when the generation was imported.
+	ImportedAt metav1.Time `json:"importedAt"`
+	// ImageReference is the digest reference ("registry/repo@sha256:...")
+	// of the generation; it points at the mirror registry when mirrored.
+	ImageReference string `json:"imageReference"`
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImageList is a list of Images.
+type ImageList struct {
+	metav1.TypeMeta `json:",inline"`
+	// Standard list metadata.
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+
+	// Items are the Images.
+	Items []Image `json:"items"`
+}
+
+// +genclient
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImageImport asks Tagger to import a new generation into an Image. The
+// import runs while the ImageImport is created: the create request returns
+// with the result already in the status.
+type ImageImport struct {
+	metav1.TypeMeta `json:",inline"`
+	// Standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec says what to import and into which Image.
+	Spec ImageImportSpec `json:"spec"`
+	// Status is the outcome of the import.
+	// +optional
+	Status ImageImportStatus `json:"status,omitempty"`
+}
+
+// ImageImportSpec says what to import. Fields left unset are taken from the
+// target Image; the stored ImageImport records the values actually used.
+type ImageImportSpec struct {
+	// TargetImage is the name of the Image, in the same namespace, that
+	// receives the new generation. It is created when it does not exist.
+	// +required
+	TargetImage string `json:"targetImage"`
+	// From is the source reference; defaults to the target Image's spec.from.
+	// +optional
+	From string `json:"from,omitempty"`
+	// Mirror copies the image into the mirror registry; defaults to the
+	// target Image's spec.mirror.
+	// +optional
+	Mirror *bool `json:"mirror,omitempty"`
+	// Insecure skips TLS verification for the source; defaults to the
+	// target Image's spec.insecure.
+	// +optional
+	Insecure *bool `json:"insecure,omitempty"`
+}
+
+// ImageImportStatus is the outcome of an ImageImport.
+type ImageImportStatus struct {
+	// HashReference is the generation this import produced.
+	// +optional
+	HashReference *HashReference `json:"hashReference,omitempty"`
+	// ImportAttempts lists every attempt, oldest first, at most 10.
+	// +optional
+	// +listType=atomic
+	ImportAttempts []ImportAttempt `json:"importAttempts,omitempty"`
+	// Conditions hold the "Imported" condition: True once imported, False
+	// with reason Progressing while attempts remain or NoMoreAttempts.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ImportAttempt records one attempt at importing.
+type ImportAttempt struct {
+	// When the attempt was made.
+	When metav1.Time `json:"when"`
+	// Succeed tells whether the attempt imported the image.
+	Succeed bool `json:"succeed"`
+	// Reason is the error the attempt failed with, as the registry said it.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImageImportList is a list of ImageImports.
+type ImageImportList struct {
+	metav1.TypeMeta `json:",inline"`
+	// Standard list metadata.
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+
+	// Items are the ImageImports.
+	Items []ImageImport `json:"items"`
+}

@@ -1,0 +1,165 @@
+/*
+Copyright The Tagger Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+// Package validation checks Tagger objects and returns field errors.
+package validation
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/distribution/reference"
+	apivalidation "k8s.io/apimachinery/pkg/api/validation"
+	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"tagger.dev/tagger/pkg/apis/tagger"
+)
+
+// ValidateImageName is the name rule for Images: a DNS subdomain, because
+// the name becomes part of a registry repository path when mirrored.
+var ValidateImageName = apivalidation.NameIsDNSSubdomain
+
+// ValidateImage validates a new Image.
+func ValidateImage(img *tagger.Image) field.ErrorList {
+	allErrs := apivalidation.ValidateObjectMeta(&img.ObjectMeta, true, ValidateImageName, field.NewPath("metadata"))
+	allErrs = append(allErrs, validateImageSpec(&img.Spec, field.NewPath("spec"))...)
+	allErrs = append(allErrs, validateImageStatus(&img.Status, field.NewPath("status"))...)
+	return allErrs
+}
+
+// ValidateImageUpdate validates an update of an Image's spec.
+func ValidateImageUpdate(img, old *tagger.Image) field.ErrorList {
+	allErrs := apivalidation.ValidateObjectMetaUpdate(&img.ObjectMeta, &old.ObjectMeta, field.NewPath("metadata"))
+	allErrs = append(allErrs, validateImageSpec(&img.Spec, field.NewPath("spec"))...)
+	return allErrs
+}
+
+// ValidateImageStatusUpdate validates an update of an Image's status.
+func ValidateImageStatusUpdate(img, old *tagger.Image) field.ErrorList {
+	allErrs := apivalidation.ValidateObjectMetaUpdate(&img.ObjectMeta, &old.ObjectMeta, field.NewPath("metadata"))
+	allErrs = append(allErrs, validateImageStatus(&img.Status, field.NewPath("status"))...)
+	return allErrs
+}
+
+func validateImageSpec(spec *tagger.ImageSpec, fldPath *field.Path) field.ErrorList {
+	if spec.From == "" {
+		return field.ErrorList{field.Required(fldPath.Child("from"), "the source image reference, e.g. quay.io/org/app:latest")}
+	}
+	return ValidateReference(spec.From, fldPath.Child("from"))
+}
+
+func validateImageStatus(status *tagger.ImageStatus, fldPath *field.Path) field.ErrorList {
+	var allErrs field.ErrorList
+	refsPath := fldPath.Child("hashReferences")
+	if n := len(status.HashReferences); n > tagger.MaxHashReferences {
+		allErrs = append(allErrs, field.TooMany(refsPath, n, tagger.MaxHashReferences))
+	}
+	for i := range status.HashReferences {
+		allErrs = append(allErrs, validateHashReference(&status.HashReferences[i], refsPath.Index(i))...)
+	}
+	return allErrs
+}
+
+func validateHashReference(ref *tagger.HashReference, fldPath *field.Path) field.ErrorList {
+	var allErrs field.ErrorList
+	if ref.From == "" {
+		allErrs = append(allErrs, field.Required(fldPath.Child("from"), ""))
+	}
+	if ref.ImportedAt.IsZero() {
+		allErrs = append(allErrs, field.Required(fldPath.Child("importedAt"), ""))
+	}
+	allErrs = append(allErrs, ValidateDigestReference(ref.ImageReference, fldPath.Child("imageReference"))...)
+	return allErrs
+}
+
+// ValidateReference checks that ref parses as a docker reference, the way a
+// container runtime would read it ("nginx", "host:5000/org/app:tag", "repo@sha256:...").
+func ValidateReference(ref string, fldPath *field.Path) field.ErrorList {
+	if strings.TrimSpace(ref) != ref {
+		return field.ErrorList{field.Invalid(fldPath, ref, "must not have leading or trailing spaces")}
+	}
+	if _, err := reference.ParseNormalizedNamed(ref); err != nil {
+		return field.ErrorList{field.Invalid(fldPath, ref, fmt.Sprintf("not a valid image reference: %v", err))}
+	}
+	return nil
+}
+
+// ValidateDigestReference checks that ref is a fully qualified digest
+// reference, "registry/repo@sha256:<hex>".
+func ValidateDigestReference(ref string, fldPath *field.Path) field.ErrorList {
+	if ref == "" {
+		return field.ErrorList{field.Required(fldPath, "a digest reference, registry/repo@sha256:...")}
+	}
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return field.ErrorList{field.Invalid(fldPath, ref, fmt.Sprintf("not a valid image reference: %v", err))}
+	}
+	if _, ok := named.(reference.Canonical); !ok {
+		return field.ErrorList{field.Invalid(fldPath, ref, "must be a digest reference (registry/repo@sha256:...)")}
+	}
+	return nil
+}
+
+// ValidateImageImport validates a new ImageImport.
+func ValidateImageImport(ii *tagger.ImageImport) field.ErrorList {
+	allErrs := apivalidation.ValidateObjectMeta(&ii.ObjectMeta, true, apivalidation.NameIsDNSSubdomain, field.NewPath("metadata"))
+	allErrs = append(allErrs, validateImageImportSpec(&ii.Spec, field.NewPath("spec"))...)
+	allErrs = append(allErrs, validateImageImportStatus(&ii.Status, field.NewPath("status"))...)
+	return allErrs
+}
+
+// ValidateImageImportUpdate validates an update of an ImageImport's spec:
+// an import that ran cannot be changed to have imported something else.
+func ValidateImageImportUpdate(ii, old *tagger.ImageImport) field.ErrorList {
+	allErrs := apivalidation.ValidateObjectMetaUpdate(&ii.ObjectMeta, &old.ObjectMeta, field.NewPath("metadata"))
+	allErrs = append(allErrs, apivalidation.ValidateImmutableField(ii.Spec, old.Spec, field.NewPath("spec"))...)
+	return allErrs
+}
+
+// ValidateImageImportStatusUpdate validates an update of an ImageImport's status.
+func ValidateImageImportStatusUpdate(ii, old *tagger.ImageImport) field.ErrorList {
+	allErrs := apivalidation.ValidateObjectMetaUpdate(&ii.ObjectMeta, &old.ObjectMeta, field.NewPath("metadata"))
+	allErrs = append(allErrs, validateImageImportStatus(&ii.Status, field.NewPath("status"))...)
+	return allErrs
+}
+
+func validateImageImportSpec(spec *tagger.ImageImportSpec, fldPath *field.Path) field.ErrorList {
+	var allErrs field.ErrorList
+	targetPath := fldPath.Child("targetImage")
+	if spec.TargetImage == "" {
+		allErrs = append(allErrs, field.Required(targetPath, "the name of the Image to import into"))
+	} else {
+		for _, msg := range ValidateImageName(spec.TargetImage, false) {
+			allErrs = append(allErrs, field.Invalid(targetPath, spec.TargetImage, msg))
+		}
+	}
+	if spec.From != "" {
+		allErrs = append(allErrs, ValidateReference(spec.From, fldPath.Child("from"))...)
+	}
+	return allErrs
+}
+
+func validateImageImportStatus(status *tagger.ImageImportStatus, fldPath *field.Path) field.ErrorList {
+	var allErrs field.ErrorList
+	if status.HashReference != nil {
+		allErrs = append(allErrs, validateHashReference(status.HashReference, fldPath.Child("hashReference"))...)
+	}
+	if n := len(status.ImportAttempts); n > tagger.MaxImportAttempts {
+		allErrs = append(allErrs, field.TooMany(fldPath.Child("importAttempts"), n, tagger.MaxImportAttempts))
+	}
+	allErrs = append(allErrs, metav1validation.ValidateConditions(status.Conditions, fldPath.Child("conditions"))...)
+	return allErrs
+}

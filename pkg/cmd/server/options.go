@@ -1,0 +1,137 @@
+/*
+Copyright The Tagger Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+// Package server holds the command line of tagger-apiserver: its options,
+// how they become a server configuration, and local mode.
+package server
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/pflag"
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	genericoptions "k8s.io/apiserver/pkg/server/options"
+
+	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
+	"tagger.dev/tagger/pkg/apiserver/scheme"
+	"tagger.dev/tagger/pkg/sources"
+)
+
+// etcdPrefix is where Tagger keeps its objects in etcd.
+const etcdPrefix = "/registry/tagger.dev"
+
+// Options are the flags of tagger-apiserver.
+type Options struct {
+	RecommendedOptions *genericoptions.RecommendedOptions
+
+	// Local runs without a cluster: embedded etcd and registry, a local
+	// token, a kubeconfig written under LocalDir.
+	Local bool
+	// LocalDir holds local mode's data (etcd, registry, certificates).
+	LocalDir string
+	// LocalRegistryAddress is where local mode serves its embedded mirror
+	// registry; empty turns it off.
+	LocalRegistryAddress string
+
+	// LocalMirror is local mode's mirror: the embedded registry, unless
+	// set otherwise before Config.
+	LocalMirror sources.MirrorConfig
+
+	// Namespace is Tagger's own namespace (the global mirror config lives there).
+	Namespace string
+	// AuthFile is a docker/containers auth file for sources (local mode).
+	AuthFile string
+	// AllowedRegistries and DeniedRegistries restrict import sources.
+	AllowedRegistries []string
+	DeniedRegistries  []string
+	// ImportSyncTimeout bounds how long a create waits for its import.
+	ImportSyncTimeout time.Duration
+	// ImportTimeout bounds a whole import, background part included.
+	ImportTimeout time.Duration
+}
+
+// NewOptions returns the default options.
+func NewOptions() *Options {
+	o := &Options{
+		RecommendedOptions: genericoptions.NewRecommendedOptions(etcdPrefix,
+			scheme.Codecs.LegacyCodec(v1beta1.SchemeGroupVersion)),
+		LocalDir:             ".tagger",
+		LocalRegistryAddress: "127.0.0.1:5000",
+		Namespace:            os.Getenv("POD_NAMESPACE"),
+		ImportSyncTimeout:    50 * time.Second,
+		ImportTimeout:        30 * time.Minute,
+	}
+	if o.Namespace == "" {
+		o.Namespace = "tagger"
+	}
+	// JSON in etcd keeps the data readable with etcdctl; Tagger objects are small.
+	o.RecommendedOptions.Etcd.DefaultStorageMediaType = "application/json"
+	return o
+}
+
+// AddFlags adds the flags to fs.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	o.RecommendedOptions.AddFlags(fs)
+	fs.BoolVar(&o.Local, "local", o.Local, "Run without a cluster: embedded etcd and mirror registry under --local-dir, local token authentication, a kubeconfig written to <local-dir>/kubeconfig, serving on 127.0.0.1.")
+	fs.StringVar(&o.LocalDir, "local-dir", o.LocalDir, "Directory of local mode's data, kept across restarts.")
+	fs.StringVar(&o.LocalRegistryAddress, "local-registry-address", o.LocalRegistryAddress, "Address of local mode's embedded mirror registry; empty disables it.")
+	fs.StringVar(&o.Namespace, "namespace", o.Namespace, "Tagger's own namespace, where the cluster-wide mirror-registry-config Secret lives (default $POD_NAMESPACE).")
+	fs.StringVar(&o.AuthFile, "auth-file", o.AuthFile, "A docker config.json or containers auth.json with credentials for source registries (for local mode, which has no Secrets).")
+	fs.StringSliceVar(&o.AllowedRegistries, "allowed-registries", o.AllowedRegistries, "If set, the only source registries imports may use: host, host:port, *.domain, IP or CIDR.")
+	fs.StringSliceVar(&o.DeniedRegistries, "denied-registries", o.DeniedRegistries, "Source registries imports may not use, besides link-local and metadata addresses, which are always refused.")
+	fs.DurationVar(&o.ImportSyncTimeout, "import-sync-timeout", o.ImportSyncTimeout, "How long creating an ImageImport waits for the import before answering with it Progressing; also bounded by the request deadline.")
+	fs.DurationVar(&o.ImportTimeout, "import-timeout", o.ImportTimeout, "Upper bound of one import, all attempts included.")
+}
+
+// Complete fills in what depends on other flags.
+func (o *Options) Complete() error {
+	if !o.Local {
+		return nil
+	}
+	dir, err := filepath.Abs(o.LocalDir)
+	if err != nil {
+		return err
+	}
+	o.LocalDir = dir
+	ro := o.RecommendedOptions
+	// Nothing of a cluster is there to delegate to.
+	ro.Authentication = nil
+	ro.Authorization = nil
+	ro.CoreAPI = nil
+	ro.Admission = nil
+	ro.SecureServing.BindAddress = net.ParseIP("127.0.0.1")
+	if ro.SecureServing.BindPort == 443 {
+		ro.SecureServing.BindPort = 8443
+	}
+	ro.SecureServing.ServerCert.CertDirectory = filepath.Join(dir, "certs")
+	// Priority and fairness reads its configuration from kube-apiserver.
+	ro.Features.EnablePriorityAndFairness = false
+	return nil
+}
+
+// Validate checks the options.
+func (o *Options) Validate() error {
+	var errs []error
+	errs = append(errs, o.RecommendedOptions.Validate()...)
+	if o.ImportSyncTimeout <= 0 || o.ImportTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--import-sync-timeout and --import-timeout must be positive"))
+	}
+	return utilerrors.NewAggregate(errs)
+}

@@ -1,0 +1,149 @@
+/*
+Copyright The Tagger Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+// Package image holds the storage strategies of Images.
+package image
+
+import (
+	"context"
+	"fmt"
+
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/apiserver/pkg/registry/generic"
+	"k8s.io/apiserver/pkg/storage"
+	"k8s.io/apiserver/pkg/storage/names"
+	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
+
+	"tagger.dev/tagger/pkg/apis/tagger"
+	"tagger.dev/tagger/pkg/apis/tagger/validation"
+)
+
+// NewStrategy returns the strategy of the images resource.
+func NewStrategy(typer runtime.ObjectTyper) imageStrategy {
+	return imageStrategy{typer, names.SimpleNameGenerator}
+}
+
+// NewStatusStrategy returns the strategy of the images/status subresource.
+func NewStatusStrategy(typer runtime.ObjectTyper) imageStatusStrategy {
+	return imageStatusStrategy{NewStrategy(typer)}
+}
+
+// GetAttrs returns the labels and selectable fields of an Image.
+func GetAttrs(obj runtime.Object) (labels.Set, fields.Set, error) {
+	img, ok := obj.(*tagger.Image)
+	if !ok {
+		return nil, nil, fmt.Errorf("not an Image: %T", obj)
+	}
+	return labels.Set(img.Labels), SelectableFields(img), nil
+}
+
+// MatchImage returns a selection predicate over Images.
+func MatchImage(label labels.Selector, field fields.Selector) storage.SelectionPredicate {
+	return storage.SelectionPredicate{Label: label, Field: field, GetAttrs: GetAttrs}
+}
+
+// SelectableFields returns the fields an Image can be selected by.
+func SelectableFields(img *tagger.Image) fields.Set {
+	set := generic.ObjectMetaFieldsSet(&img.ObjectMeta, true)
+	set["spec.from"] = img.Spec.From
+	return set
+}
+
+type imageStrategy struct {
+	runtime.ObjectTyper
+	names.NameGenerator
+}
+
+func (imageStrategy) NamespaceScoped() bool { return true }
+
+// GetResetFields keeps the main resource from writing status under server-side apply.
+func (imageStrategy) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
+	return map[fieldpath.APIVersion]*fieldpath.Set{
+		"tagger.dev/v1beta1": fieldpath.NewSet(fieldpath.MakePathOrDie("status")),
+	}
+}
+
+// PrepareForCreate drops any status: generations are only added by imports.
+func (imageStrategy) PrepareForCreate(ctx context.Context, obj runtime.Object) {
+	img := obj.(*tagger.Image)
+	img.Status = tagger.ImageStatus{}
+	img.Generation = 1
+}
+
+// PrepareForUpdate keeps the stored status: the spec endpoint cannot write it.
+func (imageStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Object) {
+	img, oldImg := obj.(*tagger.Image), old.(*tagger.Image)
+	img.Status = oldImg.Status
+	if !apiequality.Semantic.DeepEqual(img.Spec, oldImg.Spec) {
+		img.Generation = oldImg.Generation + 1
+	}
+}
+
+func (imageStrategy) Validate(ctx context.Context, obj runtime.Object) field.ErrorList {
+	return validation.ValidateImage(obj.(*tagger.Image))
+}
+
+func (imageStrategy) WarningsOnCreate(ctx context.Context, obj runtime.Object) []string { return nil }
+
+func (imageStrategy) AllowCreateOnUpdate(ctx context.Context) bool { return false }
+
+func (imageStrategy) AllowUnconditionalUpdate(ctx context.Context) bool { return true }
+
+func (imageStrategy) Canonicalize(obj runtime.Object) {}
+
+func (imageStrategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
+	return validation.ValidateImageUpdate(obj.(*tagger.Image), old.(*tagger.Image))
+}
+
+func (imageStrategy) WarningsOnUpdate(ctx context.Context, obj, old runtime.Object) []string {
+	return nil
+}
+
+type imageStatusStrategy struct {
+	imageStrategy
+}
+
+// GetResetFields keeps the status endpoint from writing spec or metadata.
+func (imageStatusStrategy) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
+	return map[fieldpath.APIVersion]*fieldpath.Set{
+		"tagger.dev/v1beta1": fieldpath.NewSet(
+			fieldpath.MakePathOrDie("spec"),
+			fieldpath.MakePathOrDie("metadata", "labels"),
+			fieldpath.MakePathOrDie("metadata", "annotations"),
+		),
+	}
+}
+
+// PrepareForUpdate keeps everything but the status as stored.
+func (imageStatusStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Object) {
+	img, oldImg := obj.(*tagger.Image), old.(*tagger.Image)
+	img.Spec = oldImg.Spec
+	img.Labels = oldImg.Labels
+	img.Annotations = oldImg.Annotations
+	img.Finalizers = oldImg.Finalizers
+	img.OwnerReferences = oldImg.OwnerReferences
+}
+
+func (imageStatusStrategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
+	return validation.ValidateImageStatusUpdate(obj.(*tagger.Image), old.(*tagger.Image))
+}
+
+func (imageStatusStrategy) WarningsOnUpdate(ctx context.Context, obj, old runtime.Object) []string {
+	return nil
+}
