@@ -24,16 +24,18 @@ import (
 // tag that did not move does not push real history out of the 25 kept.
 func AddGeneration(img *tagger.Image, ref tagger.HashReference) {
 	refs := img.Status.HashReferences
-	if len(refs) > 0 && refs[0].ImageReference == ref.ImageReference {
-		refs[0].ImportedAt = ref.ImportedAt
-		refs[0].From = ref.From
-		return
-	}
 	// Keep the list ordered by time even when a slow import finishes after a
 	// faster one that started later.
 	pos := 0
 	for pos < len(refs) && refs[pos].ImportedAt.After(ref.ImportedAt.Time) {
 		pos++
+	}
+	if pos > 0 && refs[pos-1].ImageReference == ref.ImageReference {
+		return // a newer entry already records this digest
+	}
+	if pos < len(refs) && refs[pos].ImageReference == ref.ImageReference {
+		refs[pos].ImportedAt, refs[pos].From = ref.ImportedAt, ref.From // the tag did not move
+		return
 	}
 	refs = append(refs, tagger.HashReference{})
 	copy(refs[pos+1:], refs[pos:])

@@ -37,7 +37,7 @@ var imageColumns = []metav1.TableColumnDefinition{
 	{Name: "Mirror", Type: "boolean", Description: "Whether generations are mirrored."},
 	{Name: "Insecure", Type: "boolean", Description: "Whether TLS verification is skipped for the source."},
 	{Name: "ImageReference", Type: "string", Description: "The newest generation's digest reference."},
-	{Name: "ImportedAt", Type: "string", Format: "date-time", Description: "When the newest generation was imported."},
+	{Name: "ImportedAt", Type: "string", Description: "When the newest generation was imported."},
 	{Name: "Age", Type: "string", Description: "Time since the Image was created."},
 }
 

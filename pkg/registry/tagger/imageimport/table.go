@@ -37,7 +37,7 @@ var importColumns = []metav1.TableColumnDefinition{
 	{Name: "Insecure", Type: "boolean", Description: "Whether TLS verification was skipped."},
 	{Name: "Mirror", Type: "boolean", Description: "Whether the image was mirrored."},
 	{Name: "TargetImage", Type: "string", Description: "The Image imported into."},
-	{Name: "ImportedAt", Type: "string", Format: "date-time", Description: "When the import succeeded."},
+	{Name: "ImportedAt", Type: "string", Description: "When the import succeeded."},
 	{Name: "ImageReference", Type: "string", Description: "The digest reference imported."},
 	{Name: "Reason", Type: "string", Priority: 1, Description: "Why the newest attempt failed."},
 }
