@@ -1,3 +1,5 @@
+//go:build tools
+
 /*
 Copyright The Tagger Authors.
 
@@ -13,7 +15,6 @@ WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 See the License for the specific language governing permissions and
 limitations under the License.
 */
-//go:build tools
 
 // Package hack pins the code generators in go.mod.
 package hack
