@@ -14,6 +14,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/tagger-apiserver ./cmd/tagger-apiserver
+	$(GO) build -o $(BIN)/kubectl-image ./cmd/kubectl-image
 
 # Starts Tagger on this machine: embedded etcd and mirror registry under
 # .tagger/, kubeconfig at .tagger/kubeconfig.
@@ -48,3 +49,15 @@ bench:
 
 clean:
 	rm -rf $(BIN)
+
+.PHONY: certs test-e2e
+
+# Serving certificate and APIService caBundle for "kubectl apply -k artifacts/"
+# (written to artifacts/certs/, git-ignored).
+certs:
+	./hack/gen-certs.sh
+
+# Only the end-to-end suite: real etcd and kube-apiserver, built once into
+# $$XDG_CACHE_HOME/tagger-e2e (or ~/.cache/tagger-e2e).
+test-e2e:
+	$(GO) test $(TEST_FLAGS) -v ./test/e2e/

@@ -15,6 +15,8 @@ limitations under the License.
 */
 
 // Package bench holds benchmarks comparing Tagger's importer with crane and
-// skopeo when mirroring images between loopback registries. It has no code
-// of its own; run `go test -run - -bench . ./bench/`.
+// skopeo when mirroring images between loopback registries, and push and
+// pull through the images/push and images/pull subresources with skopeo
+// copying the same OCI archive straight to and from the registry. It has
+// no code of its own; run `go test -run - -bench . ./bench/`.
 package bench

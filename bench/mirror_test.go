@@ -188,11 +188,6 @@ func toolCopier(b *testing.B, f *fixture, tool string) copier {
 	if path == "" {
 		b.Skipf("%s not found on PATH or in $(go env GOPATH)/bin", tool)
 	}
-	env := append(os.Environ(),
-		"HOME="+f.home,
-		"DOCKER_CONFIG="+filepath.Join(f.home, "docker"),
-		"REGISTRY_AUTH_FILE="+filepath.Join(f.home, "auth.json"),
-	)
 	return func(ctx context.Context, from, dst string) (string, error) {
 		dstRef := dst + ":copied"
 		var args []string
@@ -203,15 +198,28 @@ func toolCopier(b *testing.B, f *fixture, tool string) copier {
 			args = []string{"copy", "--all", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
 				"--src-no-creds", "--dest-no-creds", "docker://" + from, "docker://" + dstRef}
 		}
-		cmd := exec.CommandContext(ctx, path, args...)
-		cmd.Env = env
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Run(); err != nil {
-			return "", fmt.Errorf("%s %s: %v: %s", tool, strings.Join(args, " "), err, out.String())
+		if err := runTool(ctx, path, f.home, args...); err != nil {
+			return "", err
 		}
 		return dstRef, nil
 	}
+}
+
+// runTool runs crane or skopeo with a HOME of its own, so no credentials
+// or caches of the user are used.
+func runTool(ctx context.Context, path, home string, args ...string) error {
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = append(os.Environ(),
+		"HOME="+home,
+		"DOCKER_CONFIG="+filepath.Join(home, "docker"),
+		"REGISTRY_AUTH_FILE="+filepath.Join(home, "auth.json"),
+	)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %v: %s", filepath.Base(path), strings.Join(args, " "), err, out.String())
+	}
+	return nil
 }
 
 func lookTool(tool string) string {

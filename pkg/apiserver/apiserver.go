@@ -48,6 +48,9 @@ type ExtraConfig struct {
 	Recorder record.EventRecorder
 	// ImportOptions tunes attempts and timeouts; its dependencies are filled in by New.
 	ImportOptions imageimport.Deps
+	// MaxPushBytes bounds each blob and manifest pushed through images/push;
+	// 0 means imageetcd.DefaultMaxPushBytes.
+	MaxPushBytes int64
 }
 
 // Config is the whole configuration of a Tagger API server.
@@ -97,7 +100,8 @@ func (c completedConfig) New() (*TaggerServer, error) {
 	}
 	deps := c.ExtraConfig.ImportOptions
 	deps.Importer = c.ExtraConfig.Importer
-	deps.Images = imageetcd.NewRegistry(images, imageStatus)
+	imageRegistry := imageetcd.NewRegistry(images, imageStatus)
+	deps.Images = imageRegistry
 	deps.Sources = c.ExtraConfig.Sources
 	deps.Policy = c.ExtraConfig.Policy
 	deps.Recorder = c.ExtraConfig.Recorder
@@ -106,10 +110,22 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		return nil, fmt.Errorf("imageimports storage: %w", err)
 	}
 
+	push, pull, err := imageetcd.NewTransferREST(imageetcd.TransferDeps{
+		Images:       imageRegistry,
+		Mirrors:      c.ExtraConfig.Sources,
+		Records:      imports,
+		MaxPushBytes: c.ExtraConfig.MaxPushBytes,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("images/push storage: %w", err)
+	}
+
 	info := genericapiserver.NewDefaultAPIGroupInfo(tagger.GroupName, scheme.Scheme, scheme.ParameterCodec, scheme.Codecs)
 	info.VersionedResourcesStorageMap[v1beta1.SchemeGroupVersion.Version] = map[string]rest.Storage{
 		"images":              images,
 		"images/status":       imageStatus,
+		"images/push":         push,
+		"images/pull":         pull,
 		"imageimports":        imports,
 		"imageimports/status": importStatus,
 	}

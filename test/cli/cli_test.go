@@ -40,6 +40,7 @@ import (
 var (
 	binary  string // the built tagger-apiserver
 	kubectl string
+	binDir  string // holds the built kubectl-image, put on kubectl's PATH
 )
 
 func TestMain(m *testing.M) {
@@ -63,6 +64,13 @@ func run(m *testing.M) int {
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building tagger-apiserver:", err)
+		return 1
+	}
+	binDir = dir
+	build = exec.Command("go", "build", "-o", filepath.Join(dir, "kubectl-image"), "tagger.dev/tagger/cmd/kubectl-image")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building kubectl-image:", err)
 		return 1
 	}
 	return m.Run()
@@ -142,10 +150,15 @@ func (l *local) stop() {
 
 // kubectl runs the real kubectl against the local server.
 func (l *local) kubectl(stdin string, args ...string) (string, string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", l.kubeconfig}, args...)...)
-	cmd.Env = append(os.Environ(), "KUBECACHEDIR="+filepath.Join(l.dir, "kubecache"), "HOME="+l.dir)
+	// kubectl takes no flags before a plugin's name: plugins read KUBECONFIG.
+	if len(args) == 0 || args[0] != "image" {
+		args = append([]string{"--kubeconfig", l.kubeconfig}, args...)
+	}
+	cmd := exec.CommandContext(ctx, kubectl, args...)
+	cmd.Env = append(os.Environ(), "KUBECACHEDIR="+filepath.Join(l.dir, "kubecache"), "HOME="+l.dir,
+		"PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"), "TMPDIR="+l.dir, "KUBECONFIG="+l.kubeconfig)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -206,7 +219,7 @@ spec:
 		t.Fatalf("apply: %s", out)
 	}
 	out = l.mustKubectl("", "get", "images")
-	if got, want := strings.Join(header(out), " "), "NAME FROM MIRROR INSECURE IMAGEREFERENCE IMPORTEDAT AGE"; got != want {
+	if got, want := strings.Join(header(out), " "), "NAME FROM MIRROR INSECURE IMAGEREFERENCE IMPORTEDAT CURRENT AGE"; got != want {
 		t.Fatalf("columns %q, want %q", got, want)
 	}
 

@@ -49,6 +49,8 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 		&ImageList{},
 		&ImageImport{},
 		&ImageImportList{},
+		&ImagePushOptions{},
+		&ImagePullOptions{},
 	)
 	return nil
 }

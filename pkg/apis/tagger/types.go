@@ -33,6 +33,8 @@ const (
 	ReasonProgressing = "Progressing"
 	// ReasonNoMoreAttempts marks an import that failed for good.
 	ReasonNoMoreAttempts = "NoMoreAttempts"
+	// ReasonImagePushed marks the record of a push through images/push.
+	ReasonImagePushed = "ImagePushed"
 )
 
 // +genclient
@@ -52,11 +54,17 @@ type ImageSpec struct {
 	From     string
 	Mirror   bool
 	Insecure bool
+	// PinnedReference, when set, is the generation consumers should use
+	// instead of the newest (a rollback).
+	PinnedReference string
 }
 
 // ImageStatus holds the generations, newest first.
 type ImageStatus struct {
 	HashReferences []HashReference
+	// CurrentReference is spec.pinnedReference when set, else the newest
+	// generation's reference; the strategies keep it so.
+	CurrentReference string
 }
 
 // HashReference is one generation of an Image.
@@ -118,4 +126,28 @@ type ImageImportList struct {
 	metav1.ListMeta
 
 	Items []ImageImport
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImagePushOptions are the query parameters of images/push.
+type ImagePushOptions struct {
+	metav1.TypeMeta
+
+	// Path is the registry API path below the repository.
+	Path string
+	// Method is the registry method the POST stands for.
+	Method string
+}
+
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImagePullOptions are the query parameters of images/pull.
+type ImagePullOptions struct {
+	metav1.TypeMeta
+
+	// Path is the registry API path below the repository.
+	Path string
+	// Method is the registry method the GET stands for.
+	Method string
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	genericoptions "k8s.io/apiserver/pkg/server/options"
 
@@ -65,6 +66,8 @@ type Options struct {
 	ImportSyncTimeout time.Duration
 	// ImportTimeout bounds a whole import, background part included.
 	ImportTimeout time.Duration
+	// MaxPushBytes bounds each blob and manifest pushed through images/push.
+	MaxPushBytes resource.Quantity
 }
 
 // NewOptions returns the default options.
@@ -77,6 +80,7 @@ func NewOptions() *Options {
 		Namespace:            os.Getenv("POD_NAMESPACE"),
 		ImportSyncTimeout:    50 * time.Second,
 		ImportTimeout:        30 * time.Minute,
+		MaxPushBytes:         resource.MustParse("10Gi"),
 	}
 	if o.Namespace == "" {
 		o.Namespace = "tagger"
@@ -98,6 +102,21 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.DeniedRegistries, "denied-registries", o.DeniedRegistries, "Source registries imports may not use, besides link-local and metadata addresses, which are always refused.")
 	fs.DurationVar(&o.ImportSyncTimeout, "import-sync-timeout", o.ImportSyncTimeout, "How long creating an ImageImport waits for the import before answering with it Progressing; also bounded by the request deadline.")
 	fs.DurationVar(&o.ImportTimeout, "import-timeout", o.ImportTimeout, "Upper bound of one import, all attempts included.")
+	fs.Var(&quantityValue{&o.MaxPushBytes}, "max-push-bytes", "Largest blob (layer, config) or manifest that images/push accepts, in bytes or with a suffix (512Mi, 10Gi); larger ones are refused with 413.")
+}
+
+// quantityValue is a pflag.Value for a resource.Quantity.
+type quantityValue struct{ q *resource.Quantity }
+
+func (v *quantityValue) String() string { return v.q.String() }
+func (v *quantityValue) Type() string   { return "quantity" }
+func (v *quantityValue) Set(s string) error {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return err
+	}
+	*v.q = q
+	return nil
 }
 
 // Complete fills in what depends on other flags.
@@ -132,6 +151,9 @@ func (o *Options) Validate() error {
 	errs = append(errs, o.RecommendedOptions.Validate()...)
 	if o.ImportSyncTimeout <= 0 || o.ImportTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--import-sync-timeout and --import-timeout must be positive"))
+	}
+	if o.MaxPushBytes.Value() <= 0 {
+		errs = append(errs, fmt.Errorf("--max-push-bytes must be positive"))
 	}
 	return utilerrors.NewAggregate(errs)
 }

@@ -184,8 +184,9 @@ func (o *Options) Config() (*apiserver.Config, error) {
 
 	policy := importer.Policy{Allow: o.AllowedRegistries, Deny: o.DeniedRegistries}
 	extra := apiserver.ExtraConfig{
-		Importer: importer.New(importer.Options{Policy: policy}),
-		Policy:   policy,
+		Importer:     importer.New(importer.Options{Policy: policy}),
+		Policy:       policy,
+		MaxPushBytes: o.MaxPushBytes.Value(),
 		ImportOptions: imageimport.Deps{
 			SyncTimeout:       o.ImportSyncTimeout,
 			BackgroundTimeout: o.ImportTimeout,

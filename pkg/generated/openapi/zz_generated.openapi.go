@@ -95,6 +95,8 @@ func GetOpenAPIDefinitions(ref common.ReferenceCallback) map[string]common.OpenA
 		v1beta1.ImageImportSpec{}.OpenAPIModelName():      schema_pkg_apis_tagger_v1beta1_ImageImportSpec(ref),
 		v1beta1.ImageImportStatus{}.OpenAPIModelName():    schema_pkg_apis_tagger_v1beta1_ImageImportStatus(ref),
 		v1beta1.ImageList{}.OpenAPIModelName():            schema_pkg_apis_tagger_v1beta1_ImageList(ref),
+		v1beta1.ImagePullOptions{}.OpenAPIModelName():     schema_pkg_apis_tagger_v1beta1_ImagePullOptions(ref),
+		v1beta1.ImagePushOptions{}.OpenAPIModelName():     schema_pkg_apis_tagger_v1beta1_ImagePushOptions(ref),
 		v1beta1.ImageSpec{}.OpenAPIModelName():            schema_pkg_apis_tagger_v1beta1_ImageSpec(ref),
 		v1beta1.ImageStatus{}.OpenAPIModelName():          schema_pkg_apis_tagger_v1beta1_ImageStatus(ref),
 		v1beta1.ImportAttempt{}.OpenAPIModelName():        schema_pkg_apis_tagger_v1beta1_ImportAttempt(ref),
@@ -3118,6 +3120,88 @@ func schema_pkg_apis_tagger_v1beta1_ImageList(ref common.ReferenceCallback) comm
 	}
 }
 
+func schema_pkg_apis_tagger_v1beta1_ImagePullOptions(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "ImagePullOptions are the query parameters of the images/pull subresource, which relays read-only OCI distribution API requests (blobs and manifests) from the Image's mirror repository.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"kind": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"apiVersion": {
+						SchemaProps: spec.SchemaProps{
+							Description: "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"path": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Path is the registry API path below the repository, taken from the URL.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"method": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Method is the registry method the GET stands for: GET or HEAD. Empty means GET.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+				},
+			},
+		},
+	}
+}
+
+func schema_pkg_apis_tagger_v1beta1_ImagePushOptions(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "ImagePushOptions are the query parameters of the images/push subresource, which relays OCI distribution API requests into the Image's mirror repository. Clients POST every request and name the registry method in \"method\"; the rest of the URL after \".../push\" is the registry path below the repository (\"blobs/uploads/\", \"blobs/<digest>\", \"manifests/<tag>\").",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"kind": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"apiVersion": {
+						SchemaProps: spec.SchemaProps{
+							Description: "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"path": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Path is the registry API path below the repository, taken from the URL.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"method": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Method is the registry method the request stands for: HEAD, GET, POST, PATCH, PUT or DELETE (upload sessions only). Empty means POST.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+				},
+			},
+		},
+	}
+}
+
 func schema_pkg_apis_tagger_v1beta1_ImageSpec(ref common.ReferenceCallback) common.OpenAPIDefinition {
 	return common.OpenAPIDefinition{
 		Schema: spec.Schema{
@@ -3144,6 +3228,13 @@ func schema_pkg_apis_tagger_v1beta1_ImageSpec(ref common.ReferenceCallback) comm
 						SchemaProps: spec.SchemaProps{
 							Description: "Insecure skips TLS verification (and allows plain http) when talking to the source registry.",
 							Type:        []string{"boolean"},
+							Format:      "",
+						},
+					},
+					"pinnedReference": {
+						SchemaProps: spec.SchemaProps{
+							Description: "PinnedReference, when set, makes an older generation the current one (a rollback): it must be the imageReference of one of status.hashReferences. Unset means the newest generation is current. \"kubectl image rollback\" and \"rollforward\" set and clear it.",
+							Type:        []string{"string"},
 							Format:      "",
 						},
 					},
@@ -3177,6 +3268,13 @@ func schema_pkg_apis_tagger_v1beta1_ImageStatus(ref common.ReferenceCallback) co
 									},
 								},
 							},
+						},
+					},
+					"currentReference": {
+						SchemaProps: spec.SchemaProps{
+							Description: "CurrentReference is the digest reference consumers should run: spec.pinnedReference when set, else the newest generation's imageReference. The server maintains it on every write.",
+							Type:        []string{"string"},
+							Format:      "",
 						},
 					},
 				},

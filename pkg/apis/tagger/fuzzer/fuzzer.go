@@ -36,6 +36,7 @@ var Funcs = func(codecs runtimeserializer.CodecFactory) []interface{} {
 		func(s *tagger.ImageSpec, c randfill.Continue) {
 			c.FillNoCustom(s) // fill the spec without calling this function again
 			s.From = strings.TrimSpace(s.From)
+			s.PinnedReference = strings.TrimSpace(s.PinnedReference)
 		},
 		func(s *tagger.ImageImportSpec, c randfill.Continue) {
 			c.FillNoCustom(s)

@@ -27,6 +27,7 @@ func addDefaultingFuncs(scheme *runtime.Scheme) error {
 // shell or YAML must not become part of a registry path.
 func SetDefaults_ImageSpec(obj *ImageSpec) {
 	obj.From = trimSpace(obj.From)
+	obj.PinnedReference = trimSpace(obj.PinnedReference)
 }
 
 // SetDefaults_ImageImportSpec trims the references the user typed.

@@ -50,6 +50,8 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 		&ImageList{},
 		&ImageImport{},
 		&ImageImportList{},
+		&ImagePushOptions{},
+		&ImagePullOptions{},
 	)
 	metav1.AddToGroupVersion(scheme, SchemeGroupVersion)
 	return nil

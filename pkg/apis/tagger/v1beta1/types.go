@@ -54,6 +54,12 @@ type ImageSpec struct {
 	// to the source registry.
 	// +optional
 	Insecure bool `json:"insecure,omitempty"`
+	// PinnedReference, when set, makes an older generation the current one
+	// (a rollback): it must be the imageReference of one of
+	// status.hashReferences. Unset means the newest generation is current.
+	// "kubectl image rollback" and "rollforward" set and clear it.
+	// +optional
+	PinnedReference string `json:"pinnedReference,omitempty"`
 }
 
 // ImageStatus holds the generations of an Image.
@@ -63,6 +69,11 @@ type ImageStatus struct {
 	// +optional
 	// +listType=atomic
 	HashReferences []HashReference `json:"hashReferences,omitempty"`
+	// CurrentReference is the digest reference consumers should run:
+	// spec.pinnedReference when set, else the newest generation's
+	// imageReference. The server maintains it on every write.
+	// +optional
+	CurrentReference string `json:"currentReference,omitempty"`
 }
 
 // HashReference is one generation of an Image: where it came from and the
@@ -168,4 +179,42 @@ type ImageImportList struct {
 
 	// Items are the ImageImports.
 	Items []ImageImport `json:"items"`
+}
+
+// +k8s:conversion-gen:explicit-from=net/url.Values
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImagePushOptions are the query parameters of the images/push subresource,
+// which relays OCI distribution API requests into the Image's mirror
+// repository. Clients POST every request and name the registry method in
+// "method"; the rest of the URL after ".../push" is the registry path below
+// the repository ("blobs/uploads/", "blobs/<digest>", "manifests/<tag>").
+type ImagePushOptions struct {
+	metav1.TypeMeta `json:",inline"`
+
+	// Path is the registry API path below the repository, taken from the URL.
+	// +optional
+	Path string `json:"path,omitempty"`
+	// Method is the registry method the request stands for: HEAD, GET,
+	// POST, PATCH, PUT or DELETE (upload sessions only). Empty means POST.
+	// +optional
+	Method string `json:"method,omitempty"`
+}
+
+// +k8s:conversion-gen:explicit-from=net/url.Values
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// ImagePullOptions are the query parameters of the images/pull
+// subresource, which relays read-only OCI distribution API requests
+// (blobs and manifests) from the Image's mirror repository.
+type ImagePullOptions struct {
+	metav1.TypeMeta `json:",inline"`
+
+	// Path is the registry API path below the repository, taken from the URL.
+	// +optional
+	Path string `json:"path,omitempty"`
+	// Method is the registry method the GET stands for: GET or HEAD. Empty
+	// means GET.
+	// +optional
+	Method string `json:"method,omitempty"`
 }

@@ -57,6 +57,16 @@ func (in ImageList) OpenAPIModelName() string {
 }
 
 // OpenAPIModelName returns the OpenAPI model name for this type.
+func (in ImagePullOptions) OpenAPIModelName() string {
+	return "dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImagePullOptions"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
+func (in ImagePushOptions) OpenAPIModelName() string {
+	return "dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImagePushOptions"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
 func (in ImageSpec) OpenAPIModelName() string {
 	return "dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImageSpec"
 }

@@ -36,6 +36,7 @@ var ValidateImageName = apivalidation.NameIsDNSSubdomain
 func ValidateImage(img *tagger.Image) field.ErrorList {
 	allErrs := apivalidation.ValidateObjectMeta(&img.ObjectMeta, true, ValidateImageName, field.NewPath("metadata"))
 	allErrs = append(allErrs, validateImageSpec(&img.Spec, field.NewPath("spec"))...)
+	allErrs = append(allErrs, validatePinnedReference(img, field.NewPath("spec", "pinnedReference"))...)
 	allErrs = append(allErrs, validateImageStatus(&img.Status, field.NewPath("status"))...)
 	return allErrs
 }
@@ -44,7 +45,31 @@ func ValidateImage(img *tagger.Image) field.ErrorList {
 func ValidateImageUpdate(img, old *tagger.Image) field.ErrorList {
 	allErrs := apivalidation.ValidateObjectMetaUpdate(&img.ObjectMeta, &old.ObjectMeta, field.NewPath("metadata"))
 	allErrs = append(allErrs, validateImageSpec(&img.Spec, field.NewPath("spec"))...)
+	// A pin that was valid when set may outlive its generation in the 25
+	// kept; only a changed pin must name a generation.
+	if img.Spec.PinnedReference != old.Spec.PinnedReference {
+		allErrs = append(allErrs, validatePinnedReference(img, field.NewPath("spec", "pinnedReference"))...)
+	}
 	return allErrs
+}
+
+// validatePinnedReference checks that a pin names one of the Image's
+// generations.
+func validatePinnedReference(img *tagger.Image, fldPath *field.Path) field.ErrorList {
+	pin := img.Spec.PinnedReference
+	if pin == "" {
+		return nil
+	}
+	if errs := ValidateDigestReference(pin, fldPath); len(errs) > 0 {
+		return errs
+	}
+	for _, ref := range img.Status.HashReferences {
+		if ref.ImageReference == pin {
+			return nil
+		}
+	}
+	return field.ErrorList{field.Invalid(fldPath, pin,
+		"must be the imageReference of one of status.hashReferences (see \"kubectl image list\"; \"kubectl image rollback\" sets it)")}
 }
 
 // ValidateImageStatusUpdate validates an update of an Image's status.

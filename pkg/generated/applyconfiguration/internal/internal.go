@@ -144,9 +144,15 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: mirror
       type:
         scalar: boolean
+    - name: pinnedReference
+      type:
+        scalar: string
 - name: dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImageStatus
   map:
     fields:
+    - name: currentReference
+      type:
+        scalar: string
     - name: hashReferences
       type:
         list:

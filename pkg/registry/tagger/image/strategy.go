@@ -84,6 +84,21 @@ func (imageStrategy) PrepareForCreate(ctx context.Context, obj runtime.Object) {
 	img := obj.(*tagger.Image)
 	img.Status = tagger.ImageStatus{}
 	img.Generation = 1
+	SetCurrentReference(img)
+}
+
+// SetCurrentReference makes status.currentReference what consumers should
+// run: the pinned generation when there is a pin, else the newest. Every
+// write of spec or status goes through it, so it never goes stale.
+func SetCurrentReference(img *tagger.Image) {
+	switch {
+	case img.Spec.PinnedReference != "":
+		img.Status.CurrentReference = img.Spec.PinnedReference
+	case len(img.Status.HashReferences) > 0:
+		img.Status.CurrentReference = img.Status.HashReferences[0].ImageReference
+	default:
+		img.Status.CurrentReference = ""
+	}
 }
 
 // PrepareForUpdate keeps the stored status: the spec endpoint cannot write it.
@@ -93,6 +108,7 @@ func (imageStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Obje
 	if !apiequality.Semantic.DeepEqual(img.Spec, oldImg.Spec) {
 		img.Generation = oldImg.Generation + 1
 	}
+	SetCurrentReference(img)
 }
 
 func (imageStrategy) Validate(ctx context.Context, obj runtime.Object) field.ErrorList {
@@ -138,6 +154,7 @@ func (imageStatusStrategy) PrepareForUpdate(ctx context.Context, obj, old runtim
 	img.Annotations = oldImg.Annotations
 	img.Finalizers = oldImg.Finalizers
 	img.OwnerReferences = oldImg.OwnerReferences
+	SetCurrentReference(img)
 }
 
 func (imageStatusStrategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {

@@ -50,7 +50,7 @@ func newImage() *tagger.Image {
 		Spec: tagger.ImageSpec{From: "quay.io/org/app:latest", Mirror: true},
 		Status: tagger.ImageStatus{HashReferences: []tagger.HashReference{
 			gen(2, 20), gen(1, 10),
-		}},
+		}, CurrentReference: gen(2, 20).ImageReference},
 	}
 }
 
@@ -145,7 +145,7 @@ func TestStatusPrepareForUpdate(t *testing.T) {
 	img.Annotations = nil
 	img.Finalizers = nil
 	img.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "ConfigMap", Name: "x", UID: "u"}}
-	newStatus := tagger.ImageStatus{HashReferences: []tagger.HashReference{gen(3, 30), gen(2, 20), gen(1, 10)}}
+	newStatus := tagger.ImageStatus{HashReferences: []tagger.HashReference{gen(3, 30), gen(2, 20), gen(1, 10)}, CurrentReference: gen(3, 30).ImageReference}
 	img.Status = *newStatus.DeepCopy()
 
 	NewStatusStrategy(scheme.Scheme).PrepareForUpdate(ctxNS(), img, old)
@@ -298,7 +298,7 @@ func TestConvertToTable(t *testing.T) {
 	head := imported.Status.HashReferences[0]
 	headAt := head.ImportedAt.UTC().Format(time.RFC3339)
 
-	wantColumns := []string{"NAME", "FROM", "MIRROR", "INSECURE", "IMAGEREFERENCE", "IMPORTEDAT", "AGE"}
+	wantColumns := []string{"NAME", "FROM", "MIRROR", "INSECURE", "IMAGEREFERENCE", "IMPORTEDAT", "CURRENT", "AGE"}
 	cases := []struct {
 		name     string
 		obj      runtime.Object
@@ -307,12 +307,12 @@ func TestConvertToTable(t *testing.T) {
 	}{{
 		name:     "image without generations",
 		obj:      bare,
-		wantRows: [][]interface{}{{"bare", "nginx", false, true, "", "", "3d"}},
+		wantRows: [][]interface{}{{"bare", "nginx", false, true, "", "", "", "3d"}},
 		wantRV:   "11",
 	}, {
 		name:     "image with generations shows the newest",
 		obj:      imported,
-		wantRows: [][]interface{}{{"app", "quay.io/org/app:latest", true, false, head.ImageReference, headAt, "3d"}},
+		wantRows: [][]interface{}{{"app", "quay.io/org/app:latest", true, false, head.ImageReference, headAt, "newest", "3d"}},
 		wantRV:   "7",
 	}, {
 		name: "list",
@@ -321,8 +321,8 @@ func TestConvertToTable(t *testing.T) {
 			Items:    []tagger.Image{*imported, *bare},
 		},
 		wantRows: [][]interface{}{
-			{"app", "quay.io/org/app:latest", true, false, head.ImageReference, headAt, "3d"},
-			{"bare", "nginx", false, true, "", "", "3d"},
+			{"app", "quay.io/org/app:latest", true, false, head.ImageReference, headAt, "newest", "3d"},
+			{"bare", "nginx", false, true, "", "", "", "3d"},
 		},
 		wantRV: "12",
 	}, {
@@ -367,5 +367,52 @@ func TestConvertToTable(t *testing.T) {
 
 	if _, err := (TableConvertor{}).ConvertToTable(ctxNS(), &tagger.ImageImport{}, nil); err == nil {
 		t.Error("ConvertToTable(ImageImport) returned no error")
+	}
+}
+
+func TestCurrentReference(t *testing.T) {
+	img := newImage()
+	refs := img.Status.HashReferences
+	if len(refs) < 2 {
+		t.Fatalf("fixture has %d generations, want 2 or more", len(refs))
+	}
+	s, st := NewStrategy(nil), NewStatusStrategy(nil)
+
+	// Create: no generations, nothing current.
+	created := img.DeepCopy()
+	s.PrepareForCreate(ctxNS(), created)
+	if created.Status.CurrentReference != "" {
+		t.Errorf("create: current %q", created.Status.CurrentReference)
+	}
+	// A status write makes the newest current.
+	updated := img.DeepCopy()
+	updated.Status.CurrentReference = "stale"
+	st.PrepareForUpdate(ctxNS(), updated, img)
+	if updated.Status.CurrentReference != refs[0].ImageReference {
+		t.Errorf("status update: current %q, want %q", updated.Status.CurrentReference, refs[0].ImageReference)
+	}
+	// A pin makes its generation current, and a spec write keeps it so.
+	pinned := img.DeepCopy()
+	pinned.Spec.PinnedReference = refs[1].ImageReference
+	s.PrepareForUpdate(ctxNS(), pinned, img)
+	if pinned.Status.CurrentReference != refs[1].ImageReference {
+		t.Errorf("pin: current %q, want %q", pinned.Status.CurrentReference, refs[1].ImageReference)
+	}
+	if errs := s.ValidateUpdate(ctxNS(), pinned, img); len(errs) != 0 {
+		t.Errorf("pin to a generation: %v", errs)
+	}
+	// A pin to anything else is refused.
+	bad := img.DeepCopy()
+	bad.Spec.PinnedReference = "quay.io/org/app@sha256:" + strings.Repeat("f", 64)
+	s.PrepareForUpdate(ctxNS(), bad, img)
+	if errs := s.ValidateUpdate(ctxNS(), bad, img); len(errs) != 1 || errs[0].Field != "spec.pinnedReference" {
+		t.Errorf("pin to a digest that is no generation: %v", errs)
+	}
+	// A status write keeps the pin current.
+	next := pinned.DeepCopy()
+	AddGeneration(next, tagger.HashReference{From: "x", ImportedAt: metav1.Now(), ImageReference: "quay.io/org/app@sha256:" + strings.Repeat("e", 64)})
+	st.PrepareForUpdate(ctxNS(), next, pinned)
+	if next.Status.CurrentReference != refs[1].ImageReference {
+		t.Errorf("status update of a pinned image: current %q", next.Status.CurrentReference)
 	}
 }

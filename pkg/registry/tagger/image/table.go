@@ -38,6 +38,7 @@ var imageColumns = []metav1.TableColumnDefinition{
 	{Name: "Insecure", Type: "boolean", Description: "Whether TLS verification is skipped for the source."},
 	{Name: "ImageReference", Type: "string", Description: "The newest generation's digest reference."},
 	{Name: "ImportedAt", Type: "string", Description: "When the newest generation was imported."},
+	{Name: "Current", Type: "string", Description: "Which generation is current: the newest, or the one spec.pinnedReference pins (kubectl image rollback)."},
 	{Name: "Age", Type: "string", Description: "Time since the Image was created."},
 }
 
@@ -62,7 +63,24 @@ func (TableConvertor) ConvertToTable(ctx context.Context, obj runtime.Object, ta
 			head := img.Status.HashReferences[0]
 			ref, at = head.ImageReference, head.ImportedAt.UTC().Format(time.RFC3339)
 		}
-		return []interface{}{name, img.Spec.From, img.Spec.Mirror, img.Spec.Insecure, ref, at, age}, nil
+		return []interface{}{name, img.Spec.From, img.Spec.Mirror, img.Spec.Insecure, ref, at, current(img), age}, nil
 	})
 	return table, err
+}
+
+// current says which generation is current: "newest", "pinned #N" (N as
+// "kubectl image list" numbers generations), or "" without generations.
+func current(img *tagger.Image) string {
+	if img.Spec.PinnedReference == "" {
+		if len(img.Status.HashReferences) == 0 {
+			return ""
+		}
+		return "newest"
+	}
+	for i, ref := range img.Status.HashReferences {
+		if ref.ImageReference == img.Spec.PinnedReference {
+			return fmt.Sprintf("pinned #%d", i)
+		}
+	}
+	return "pinned (gone)"
 }

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -126,7 +127,9 @@ func NewREST(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter, deps 
 		deps.BackgroundTimeout = 30 * time.Minute
 	}
 	if deps.Backoff.Duration <= 0 {
-		deps.Backoff = wait.Backoff{Duration: time.Second, Factor: 2, Jitter: 0.1, Cap: time.Minute}
+		// Ten attempts take about 35 s of waiting, so an import that fails
+		// fast still reports NoMoreAttempts inside kube-apiserver's 60 s.
+		deps.Backoff = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 1.5, Jitter: 0.1, Cap: 10 * time.Second}
 	}
 
 	strategy := NewStrategy(scheme)
@@ -333,6 +336,25 @@ func (r *REST) Resume(ctx context.Context) error {
 		r.start(j, len(ii.Status.ImportAttempts))
 	}
 	return nil
+}
+
+// RecordPush stores the record of a push through images/push: an
+// ImageImport whose status already holds the pushed generation, and an
+// event on it. It implements imageetcd.PushRecorder.
+func (r *REST) RecordPush(ctx context.Context, ii *tagger.ImageImport) (*tagger.ImageImport, error) {
+	obj, err := r.internal.Create(ctx, ii, rest.ValidateAllObjectFunc, &metav1.CreateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	created := obj.(*tagger.ImageImport)
+	ref := &corev1.ObjectReference{
+		APIVersion: "tagger.dev/v1beta1", Kind: "ImageImport",
+		Namespace: created.Namespace, Name: created.Name, UID: created.UID,
+	}
+	if hr := created.Status.HashReference; hr != nil {
+		r.deps.Recorder.Eventf(ref, corev1.EventTypeNormal, "Pushed", "Pushed %s as %s", created.Spec.From, hr.ImageReference)
+	}
+	return created, nil
 }
 
 // Wait blocks until the background imports have ended; tests use it.

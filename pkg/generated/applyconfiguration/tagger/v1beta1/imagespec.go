@@ -34,6 +34,11 @@ type ImageSpecApplyConfiguration struct {
 	// Insecure skips TLS verification (and allows plain http) when talking
 	// to the source registry.
 	Insecure *bool `json:"insecure,omitempty"`
+	// PinnedReference, when set, makes an older generation the current one
+	// (a rollback): it must be the imageReference of one of
+	// status.hashReferences. Unset means the newest generation is current.
+	// "kubectl image rollback" and "rollforward" set and clear it.
+	PinnedReference *string `json:"pinnedReference,omitempty"`
 }
 
 // ImageSpecApplyConfiguration constructs a declarative configuration of the ImageSpec type for use with
@@ -63,5 +68,13 @@ func (b *ImageSpecApplyConfiguration) WithMirror(value bool) *ImageSpecApplyConf
 // If called multiple times, the Insecure field is set to the value of the last call.
 func (b *ImageSpecApplyConfiguration) WithInsecure(value bool) *ImageSpecApplyConfiguration {
 	b.Insecure = &value
+	return b
+}
+
+// WithPinnedReference sets the PinnedReference field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the PinnedReference field is set to the value of the last call.
+func (b *ImageSpecApplyConfiguration) WithPinnedReference(value string) *ImageSpecApplyConfiguration {
+	b.PinnedReference = &value
 	return b
 }

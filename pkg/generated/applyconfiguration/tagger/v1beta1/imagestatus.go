@@ -26,6 +26,10 @@ type ImageStatusApplyConfiguration struct {
 	// HashReferences are the digest references this Image resolved to,
 	// newest first, at most 25.
 	HashReferences []HashReferenceApplyConfiguration `json:"hashReferences,omitempty"`
+	// CurrentReference is the digest reference consumers should run:
+	// spec.pinnedReference when set, else the newest generation's
+	// imageReference. The server maintains it on every write.
+	CurrentReference *string `json:"currentReference,omitempty"`
 }
 
 // ImageStatusApplyConfiguration constructs a declarative configuration of the ImageStatus type for use with
@@ -44,5 +48,13 @@ func (b *ImageStatusApplyConfiguration) WithHashReferences(values ...*HashRefere
 		}
 		b.HashReferences = append(b.HashReferences, *values[i])
 	}
+	return b
+}
+
+// WithCurrentReference sets the CurrentReference field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the CurrentReference field is set to the value of the last call.
+func (b *ImageStatusApplyConfiguration) WithCurrentReference(value string) *ImageStatusApplyConfiguration {
+	b.CurrentReference = &value
 	return b
 }

@@ -256,6 +256,7 @@ func TestStatusUpdate(t *testing.T) {
 
 	img := created.DeepCopy()
 	img.Status.HashReferences = []tagger.HashReference{hashRef(2, base), hashRef(1, base.Add(-time.Minute))}
+	img.Status.CurrentReference = hashRef(2, base).ImageReference
 	img.Spec = tagger.ImageSpec{From: "nginx", Mirror: true, Insecure: true}
 	img.Labels = map[string]string{"forged": "true"}
 	got, err := updateStatus(ctx, status, img)
