@@ -19,6 +19,7 @@ package imageimport
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 
@@ -111,6 +112,8 @@ func (j *job) run(ctx context.Context, first int) {
 	ctx = j.ctx(ctx)
 	logger := klog.FromContext(ctx).WithValues("imageImport", klog.KRef(j.namespace, j.ii.Name), "image", j.ii.Spec.TargetImage)
 	backoff := j.r.deps.Backoff
+	// Step only grows the delay while Steps remain; the attempt count is ours.
+	backoff.Steps = math.MaxInt32
 	for attempt := first; attempt < tagger.MaxImportAttempts; attempt++ {
 		if attempt > first {
 			select {
