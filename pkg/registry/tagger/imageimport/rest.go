@@ -36,10 +36,10 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/importer"
+	"tagger.dev/tagger/pkg/registry/status"
 )
 
 // Images is what an import needs of the images resource.
@@ -154,16 +154,10 @@ func NewREST(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter, deps 
 	internal := *store
 	internal.CreateStrategy = recordStrategy{strategy}
 
-	statusStrategy := NewStatusStrategy(scheme)
-	status := *store
-	status.CreateStrategy = nil
-	status.DeleteStrategy = nil
-	status.UpdateStrategy = statusStrategy
-	status.ResetFieldsStrategy = statusStrategy
-
-	r := &REST{Store: store, internal: &internal, status: &status, deps: deps}
+	statusREST := status.NewREST(store, NewStatusStrategy(scheme))
+	r := &REST{Store: store, internal: &internal, status: statusREST.Store(), deps: deps}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	return r, &StatusREST{store: &status}, nil
+	return r, statusREST, nil
 }
 
 // recordStrategy stores an ImageImport as the import left it.
@@ -361,40 +355,4 @@ func (r *REST) RecordPush(ctx context.Context, ii *tagger.ImageImport) (*tagger.
 func (r *REST) Wait() { r.wg.Wait() }
 
 // StatusREST implements the imageimports/status subresource.
-type StatusREST struct {
-	store *genericregistry.Store
-}
-
-var (
-	_ rest.Patcher             = &StatusREST{}
-	_ rest.ResetFieldsStrategy = &StatusREST{}
-)
-
-// New implements rest.Storage.
-func (r *StatusREST) New() runtime.Object { return &tagger.ImageImport{} }
-
-// Destroy implements rest.Storage; the store is shared with REST.
-func (r *StatusREST) Destroy() {}
-
-// GetSingularName implements rest.SingularNameProvider.
-func (r *StatusREST) GetSingularName() string { return "imageimport" }
-
-// Get implements rest.Getter; Patch needs it.
-func (r *StatusREST) Get(ctx context.Context, name string, options *metav1.GetOptions) (runtime.Object, error) {
-	return r.store.Get(ctx, name, options)
-}
-
-// Update implements rest.Updater. A subresource never creates its parent.
-func (r *StatusREST) Update(ctx context.Context, name string, objInfo rest.UpdatedObjectInfo, createValidation rest.ValidateObjectFunc, updateValidation rest.ValidateObjectUpdateFunc, forceAllowCreate bool, options *metav1.UpdateOptions) (runtime.Object, bool, error) {
-	return r.store.Update(ctx, name, objInfo, createValidation, updateValidation, false, options)
-}
-
-// GetResetFields implements rest.ResetFieldsStrategy.
-func (r *StatusREST) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
-	return r.store.GetResetFields()
-}
-
-// ConvertToTable implements rest.TableConvertor.
-func (r *StatusREST) ConvertToTable(ctx context.Context, object runtime.Object, tableOptions runtime.Object) (*metav1.Table, error) {
-	return r.store.ConvertToTable(ctx, object, tableOptions)
-}
+type StatusREST = status.REST

@@ -17,16 +17,13 @@ limitations under the License.
 package etcd
 
 import (
-	"context"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
 	"k8s.io/apiserver/pkg/registry/rest"
-	"sigs.k8s.io/structured-merge-diff/v6/fieldpath"
 
 	"tagger.dev/tagger/pkg/apis/tagger"
+	"tagger.dev/tagger/pkg/registry/status"
 	"tagger.dev/tagger/pkg/registry/tagger/image"
 )
 
@@ -62,13 +59,7 @@ func NewREST(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter) (*RES
 		return nil, nil, err
 	}
 
-	statusStrategy := image.NewStatusStrategy(scheme)
-	statusStore := *store
-	statusStore.CreateStrategy = nil
-	statusStore.DeleteStrategy = nil
-	statusStore.UpdateStrategy = statusStrategy
-	statusStore.ResetFieldsStrategy = statusStrategy
-	return &REST{store}, &StatusREST{store: &statusStore}, nil
+	return &REST{store}, status.NewREST(store, image.NewStatusStrategy(scheme)), nil
 }
 
 // ShortNames implements rest.ShortNamesProvider.
@@ -78,45 +69,4 @@ func (r *REST) ShortNames() []string { return []string{"img"} }
 func (r *REST) Categories() []string { return []string{"tagger"} }
 
 // StatusREST implements the images/status subresource.
-type StatusREST struct {
-	store *genericregistry.Store
-}
-
-var (
-	_ rest.Patcher                 = &StatusREST{}
-	_ rest.ResetFieldsStrategy     = &StatusREST{}
-	_ rest.TableConvertor          = &StatusREST{}
-	_ rest.SingularNameProvider    = &StatusREST{}
-	_ rest.GracefulDeleter         = (*REST)(nil)
-	_ rest.StorageVersionProvider  = (*REST)(nil)
-	_ rest.NamespaceScopedStrategy = image.NewStrategy(nil)
-)
-
-// New implements rest.Storage.
-func (r *StatusREST) New() runtime.Object { return &tagger.Image{} }
-
-// Destroy implements rest.Storage; the store is shared with REST, which closes it.
-func (r *StatusREST) Destroy() {}
-
-// GetSingularName implements rest.SingularNameProvider.
-func (r *StatusREST) GetSingularName() string { return "image" }
-
-// Get implements rest.Getter; Patch needs it.
-func (r *StatusREST) Get(ctx context.Context, name string, options *metav1.GetOptions) (runtime.Object, error) {
-	return r.store.Get(ctx, name, options)
-}
-
-// Update implements rest.Updater. A subresource never creates its parent.
-func (r *StatusREST) Update(ctx context.Context, name string, objInfo rest.UpdatedObjectInfo, createValidation rest.ValidateObjectFunc, updateValidation rest.ValidateObjectUpdateFunc, forceAllowCreate bool, options *metav1.UpdateOptions) (runtime.Object, bool, error) {
-	return r.store.Update(ctx, name, objInfo, createValidation, updateValidation, false, options)
-}
-
-// GetResetFields implements rest.ResetFieldsStrategy.
-func (r *StatusREST) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
-	return r.store.GetResetFields()
-}
-
-// ConvertToTable implements rest.TableConvertor.
-func (r *StatusREST) ConvertToTable(ctx context.Context, object runtime.Object, tableOptions runtime.Object) (*metav1.Table, error) {
-	return r.store.ConvertToTable(ctx, object, tableOptions)
-}
+type StatusREST = status.REST
