@@ -21,12 +21,14 @@ import (
 	"fmt"
 
 	"k8s.io/apimachinery/pkg/util/sets"
+	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	genericfilters "k8s.io/apiserver/pkg/server/filters"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
+	"tagger.dev/tagger/pkg/admission/podimages"
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
 	"tagger.dev/tagger/pkg/apiserver/scheme"
@@ -51,6 +53,9 @@ type ExtraConfig struct {
 	// MaxPushBytes bounds each blob and manifest pushed through images/push;
 	// 0 means imageetcd.DefaultMaxPushBytes.
 	MaxPushBytes int64
+	// PodWebhook, when set, is served at podimages.Path; New fills in its
+	// Images (and its Mirrors when unset).
+	PodWebhook *podimages.Handler
 }
 
 // Config is the whole configuration of a Tagger API server.
@@ -133,6 +138,14 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		return nil, err
 	}
 
+	if h := c.ExtraConfig.PodWebhook; h != nil {
+		h.Images = registryImages{imageRegistry}
+		if h.Mirrors == nil {
+			h.Mirrors = c.ExtraConfig.Sources
+		}
+		gs.Handler.NonGoRestfulMux.Handle(podimages.Path, h)
+	}
+
 	gs.AddPostStartHookOrDie("tagger-resume-imports", func(hookCtx genericapiserver.PostStartHookContext) error {
 		if err := imports.Resume(hookCtx); err != nil {
 			// Not fatal: the imports stay Progressing and a restart retries.
@@ -141,6 +154,13 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		return nil
 	})
 	return &TaggerServer{GenericAPIServer: gs, Imports: imports}, nil
+}
+
+// registryImages reads Images for the pod webhook straight from storage.
+type registryImages struct{ r *imageetcd.Registry }
+
+func (i registryImages) Get(ctx context.Context, namespace, name string) (*tagger.Image, error) {
+	return i.r.Get(genericapirequest.WithNamespace(ctx, namespace), name)
 }
 
 // Run serves until ctx ends.

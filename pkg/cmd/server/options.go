@@ -30,8 +30,10 @@ import (
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	genericoptions "k8s.io/apiserver/pkg/server/options"
 
+	"tagger.dev/tagger/pkg/admission/podimages"
 	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
 	"tagger.dev/tagger/pkg/apiserver/scheme"
+	"tagger.dev/tagger/pkg/rollout"
 	"tagger.dev/tagger/pkg/sources"
 )
 
@@ -68,6 +70,14 @@ type Options struct {
 	ImportTimeout time.Duration
 	// MaxPushBytes bounds each blob and manifest pushed through images/push.
 	MaxPushBytes resource.Quantity
+
+	// EnablePodWebhook serves the pod admission webhook (cluster mode).
+	EnablePodWebhook bool
+	// EnableRollout runs the rollout controller (cluster mode).
+	EnableRollout bool
+	// LeaderElection is the Lease the rollout controller's replicas share;
+	// its Namespace is Namespace.
+	LeaderElection rollout.LeaderElection
 }
 
 // NewOptions returns the default options.
@@ -81,6 +91,12 @@ func NewOptions() *Options {
 		ImportSyncTimeout:    50 * time.Second,
 		ImportTimeout:        30 * time.Minute,
 		MaxPushBytes:         resource.MustParse("10Gi"),
+		LeaderElection: rollout.LeaderElection{
+			Name:          "tagger-rollout",
+			LeaseDuration: 15 * time.Second,
+			RenewDeadline: 10 * time.Second,
+			RetryPeriod:   2 * time.Second,
+		},
 	}
 	if o.Namespace == "" {
 		o.Namespace = "tagger"
@@ -102,6 +118,12 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.DeniedRegistries, "denied-registries", o.DeniedRegistries, "Source registries imports may not use, besides link-local and metadata addresses, which are always refused.")
 	fs.DurationVar(&o.ImportSyncTimeout, "import-sync-timeout", o.ImportSyncTimeout, "How long creating an ImageImport waits for the import before answering with it Progressing; also bounded by the request deadline.")
 	fs.DurationVar(&o.ImportTimeout, "import-timeout", o.ImportTimeout, "Upper bound of one import, all attempts included.")
+	fs.BoolVar(&o.EnablePodWebhook, "enable-pod-webhook", o.EnablePodWebhook, "Serve the pod admission webhook at "+podimages.Path+": pods of opted-in namespaces (label "+podimages.NamespaceLabel+"="+podimages.NamespaceLabelValue+") that name an Image get its current digest reference. Cluster mode only.")
+	fs.BoolVar(&o.EnableRollout, "enable-rollout", o.EnableRollout, "Roll out Deployments, StatefulSets and DaemonSets annotated "+rollout.FollowAnnotation+`: "true" when the current generation of an Image their pods use changes; one replica at a time, elected through a Lease. Cluster mode only.`)
+	fs.StringVar(&o.LeaderElection.Name, "leader-elect-resource-name", o.LeaderElection.Name, "Name of the coordination.k8s.io Lease, in --namespace, that elects the replica running the rollout controller.")
+	fs.DurationVar(&o.LeaderElection.LeaseDuration, "leader-elect-lease-duration", o.LeaderElection.LeaseDuration, "How long other replicas wait before taking over a Lease that was not renewed.")
+	fs.DurationVar(&o.LeaderElection.RenewDeadline, "leader-elect-renew-deadline", o.LeaderElection.RenewDeadline, "How long the leader tries to renew its Lease before giving up leadership.")
+	fs.DurationVar(&o.LeaderElection.RetryPeriod, "leader-elect-retry-period", o.LeaderElection.RetryPeriod, "How often replicas try to acquire or renew the Lease.")
 	fs.Var(&quantityValue{&o.MaxPushBytes}, "max-push-bytes", "Largest blob (layer, config) or manifest that images/push accepts, in bytes or with a suffix (512Mi, 10Gi); larger ones are refused with 413.")
 }
 
@@ -151,6 +173,12 @@ func (o *Options) Validate() error {
 	errs = append(errs, o.RecommendedOptions.Validate()...)
 	if o.ImportSyncTimeout <= 0 || o.ImportTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--import-sync-timeout and --import-timeout must be positive"))
+	}
+	if o.Local && (o.EnablePodWebhook || o.EnableRollout) {
+		errs = append(errs, fmt.Errorf("--enable-pod-webhook and --enable-rollout need a cluster (pods and workloads): not with --local"))
+	}
+	if le := o.LeaderElection; o.EnableRollout && (le.Name == "" || le.RetryPeriod <= 0 || le.RenewDeadline <= le.RetryPeriod || le.LeaseDuration <= le.RenewDeadline) {
+		errs = append(errs, fmt.Errorf("leader election: need a --leader-elect-resource-name and 0 < --leader-elect-retry-period < --leader-elect-renew-deadline < --leader-elect-lease-duration"))
 	}
 	if o.MaxPushBytes.Value() <= 0 {
 		errs = append(errs, fmt.Errorf("--max-push-bytes must be positive"))

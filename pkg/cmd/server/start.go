@@ -22,9 +22,12 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apiserver/pkg/authentication/request/anonymous"
 	"k8s.io/apiserver/pkg/authentication/request/union"
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -42,13 +45,16 @@ import (
 	cliflag "k8s.io/component-base/cli/flag"
 	"k8s.io/klog/v2"
 
+	"tagger.dev/tagger/pkg/admission/podimages"
 	"tagger.dev/tagger/pkg/apiserver"
 	"tagger.dev/tagger/pkg/apiserver/scheme"
+	"tagger.dev/tagger/pkg/generated/clientset/versioned"
 	generatedopenapi "tagger.dev/tagger/pkg/generated/openapi"
 	"tagger.dev/tagger/pkg/importer"
 	"tagger.dev/tagger/pkg/localmode"
 	"tagger.dev/tagger/pkg/localregistry"
 	"tagger.dev/tagger/pkg/registry/tagger/imageimport"
+	"tagger.dev/tagger/pkg/rollout"
 	"tagger.dev/tagger/pkg/sources"
 )
 
@@ -178,6 +184,13 @@ func (o *Options) Config() (*apiserver.Config, error) {
 	gc.OpenAPIConfig.Info.Title = "Tagger"
 	gc.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(generatedopenapi.GetOpenAPIDefinitions, namer)
 	gc.OpenAPIV3Config.Info.Title = "Tagger"
+	if o.EnablePodWebhook && ro.Authorization != nil {
+		// kube-apiserver calls webhooks without credentials (unless given an
+		// admission kubeconfig): the webhook path is open to anonymous
+		// callers, who can learn the current references of Images they
+		// name, no more (see README).
+		ro.Authorization = ro.Authorization.WithAlwaysAllowPaths(podimages.Path)
+	}
 	if err := ro.ApplyTo(gc); err != nil {
 		return nil, err
 	}
@@ -242,5 +255,60 @@ func (o *Options) Config() (*apiserver.Config, error) {
 		}
 		return nil
 	}))
+	if o.EnablePodWebhook {
+		extra.PodWebhook, err = o.podWebhook(gc, client)
+		if err != nil {
+			return nil, err
+		}
+	}
+	if o.EnableRollout {
+		le := o.LeaderElection
+		le.Namespace = o.Namespace
+		gc.AddPostStartHookOrDie("tagger-rollout", func(hookCtx genericapiserver.PostStartHookContext) error {
+			tagger, err := versioned.NewForConfig(hookCtx.LoopbackClientConfig)
+			if err != nil {
+				return err
+			}
+			go func() {
+				err := rollout.RunWithLeaderElection(hookCtx, client, le, rollout.Identity(), func(ctx context.Context) {
+					if err := rollout.New(client, tagger, 10*time.Minute).Run(ctx); err != nil {
+						klog.ErrorS(err, "Rollout controller stopped")
+					}
+				})
+				if err != nil {
+					klog.ErrorS(err, "Rollout leader election stopped")
+				}
+			}()
+			return nil
+		})
+	}
 	return &apiserver.Config{GenericConfig: gc, ExtraConfig: extra}, nil
+}
+
+// podWebhook builds the pod webhook: namespaces from the generic server's
+// informers (a live read for one created a moment ago), pull Secrets written
+// with the server's own identity.
+func (o *Options) podWebhook(gc *genericapiserver.RecommendedConfig, client kubernetes.Interface) (*podimages.Handler, error) {
+	if gc.SharedInformerFactory == nil {
+		return nil, fmt.Errorf("--enable-pod-webhook needs the core API (--kubeconfig or in-cluster)")
+	}
+	namespaces := gc.SharedInformerFactory.Core().V1().Namespaces()
+	_ = namespaces.Informer() // registered before the factory starts
+	lister := namespaces.Lister()
+	return &podimages.Handler{
+		PullSecrets: &podimages.ClusterPullSecrets{Client: client},
+		OptedIn: func(name string) (bool, error) {
+			ns, err := lister.Get(name)
+			if apierrors.IsNotFound(err) {
+				ns, err = client.CoreV1().Namespaces().Get(context.TODO(), name, metav1.GetOptions{})
+			}
+			if apierrors.IsNotFound(err) {
+				return false, nil
+			}
+			if err != nil {
+				return false, err
+			}
+			return ns.Labels[podimages.NamespaceLabel] == podimages.NamespaceLabelValue, nil
+		},
+	}, nil
 }
