@@ -5,7 +5,7 @@ export CGO_ENABLED := 0
 
 GO          ?= go
 BIN         := bin
-TEST_FLAGS  ?= -timeout 30m
+TEST_FLAGS  ?= -count=1 -timeout 30m
 BENCH_FLAGS ?= -benchtime 5x -benchmem
 
 .PHONY: all build run test test-unit verify update-codegen verify-codegen vet fmt bench clean

@@ -593,7 +593,8 @@ func (c *cluster) run(ctx context.Context, user, stdin string, args ...string) (
 }
 
 func (c *cluster) command(ctx context.Context, user string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, c.kubectl, append([]string{"--user=" + user}, args...)...)
+	// --user goes last: kubectl refuses flags placed before a plugin's name.
+	cmd := exec.CommandContext(ctx, c.kubectl, append(append([]string{}, args...), "--user="+user)...)
 	cmd.Env = append(os.Environ(),
 		"KUBECONFIG="+c.kubeconfig,
 		"HOME="+filepath.Join(c.dir, "home"),
