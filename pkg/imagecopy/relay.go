@@ -293,6 +293,10 @@ func (e *APIError) Error() string {
 		return "the API server did not accept your credentials (check your kubeconfig): " + e.Message
 	case http.StatusForbidden:
 		return e.Message + " (ask for create on images/push to push, get on images/pull to pull)"
+	case http.StatusGatewayTimeout:
+		// kube-apiserver ends every request at its --request-timeout (60 s
+		// by default), uploads included: smaller chunks each fit in it.
+		return e.Message + " (a request outlasted the API server's request timeout: push with a smaller --chunk-size, e.g. --chunk-size=16777216)"
 	}
 	return e.Message
 }

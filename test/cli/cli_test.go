@@ -272,6 +272,19 @@ spec:
 		t.Fatalf("explain:\n%s", out)
 	}
 
+	// Both OpenAPI versions describe the types; health endpoints answer.
+	if out := l.mustKubectl("", "get", "--raw", "/openapi/v2"); !strings.Contains(out, `"dev.tagger.tagger.pkg.apis.tagger.v1beta1.Image"`) {
+		t.Fatalf("/openapi/v2 lacks the Image definition")
+	}
+	if out := l.mustKubectl("", "get", "--raw", "/openapi/v3/apis/tagger.dev/v1beta1"); !strings.Contains(out, "hashReferences") {
+		t.Fatalf("/openapi/v3 lacks the Image schema")
+	}
+	for _, path := range []string{"/healthz", "/livez", "/readyz"} {
+		if out := l.mustKubectl("", "get", "--raw", path); out != "ok" {
+			t.Fatalf("%s: %q", path, out)
+		}
+	}
+
 	// Server-side apply with a field manager of its own.
 	applied := strings.Replace(image, "name: app", "name: app-ssa", 1)
 	if out := l.mustKubectl(applied, "apply", "--server-side", "--field-manager=cli-test", "-f", "-"); !strings.Contains(out, "serverside-applied") {
