@@ -26,7 +26,6 @@ import (
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	genericfilters "k8s.io/apiserver/pkg/server/filters"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/klog/v2"
 
 	"tagger.dev/tagger/pkg/admission/podimages"
 	"tagger.dev/tagger/pkg/apis/tagger"
@@ -147,10 +146,7 @@ func (c completedConfig) New() (*TaggerServer, error) {
 	}
 
 	gs.AddPostStartHookOrDie("tagger-resume-imports", func(hookCtx genericapiserver.PostStartHookContext) error {
-		if err := imports.Resume(hookCtx); err != nil {
-			// Not fatal: the imports stay Progressing and a restart retries.
-			klog.ErrorS(err, "Failed resuming imports")
-		}
+		go imports.ResumeLoop(hookCtx)
 		return nil
 	})
 	return &TaggerServer{GenericAPIServer: gs, Imports: imports}, nil

@@ -343,6 +343,8 @@ func (c *Controller) CatchUp(ctx context.Context, kind, namespace, name string) 
 		return 0, err
 	}
 	n := 0
+	// What this pass patched; the template itself belongs to the informer cache.
+	recordedNow := map[string]string{}
 	for _, cs := range [][]corev1.Container{w.Template.Spec.InitContainers, w.Template.Spec.Containers} {
 		for _, ctr := range cs {
 			image, _, ok, _ := podimages.Target(ctr.Image)
@@ -350,6 +352,9 @@ func (c *Controller) CatchUp(ctx context.Context, kind, namespace, name string) 
 				continue
 			}
 			recorded, has := w.Template.Annotations[AnnotationKey(image)]
+			if patched, again := recordedNow[image]; again {
+				recorded = patched
+			}
 			if !has {
 				continue
 			}
@@ -367,7 +372,7 @@ func (c *Controller) CatchUp(ctx context.Context, kind, namespace, name string) 
 			if err := c.patch(ctx, *w, image, current); err != nil {
 				return n, err
 			}
-			w.Template.Annotations = map[string]string{AnnotationKey(image): current} // for a second container of the same Image
+			recordedNow[image] = current // a second container of the same Image needs no second patch
 			n++
 		}
 	}

@@ -424,8 +424,18 @@ func TestRestartResumesImport(t *testing.T) {
 	}
 	first.stop()
 	g.release()
+	// A server that sees the import recently written leaves it alone...
 	second := startServer(t, serverOptions{etcd: etcd})
-	waitImported(t, second, "resume-1", src.Addr()+"/src/resume@"+digest.String())
+	time.Sleep(time.Second) // its first look for imports to resume is over
+	if c := imported(getImport(t, second, "resume-1")); c == nil || c.Reason != "Progressing" {
+		t.Fatalf("condition %+v", c)
+	}
+	second.stop()
+	// ...one that finds it idle long enough takes it over.
+	third := startServer(t, serverOptions{etcd: etcd, configure: func(c *apiserver.Config) {
+		c.ExtraConfig.ImportOptions.ResumeAfter = time.Nanosecond
+	}})
+	waitImported(t, third, "resume-1", src.Addr()+"/src/resume@"+digest.String())
 }
 
 func getImport(t *testing.T, s *testServer, name string) *v1beta1.ImageImport {

@@ -156,17 +156,20 @@ type Resolved struct {
 	Image string `json:"image"`
 }
 
-// Review decides on one request: pods CREATE, and pods/ephemeralcontainers
-// UPDATE (how ephemeral containers are added). Everything else is allowed
-// unchanged.
+// Review decides on one request: pods CREATE and UPDATE, and
+// pods/ephemeralcontainers UPDATE (how ephemeral containers are added).
+// Everything else is allowed unchanged.
 func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	allow := &admissionv1.AdmissionResponse{Allowed: true}
 	if req.Resource.Group != "" || req.Resource.Resource != "pods" {
 		return allow
 	}
-	ephemeral := false
+	ephemeral, update := false, false
 	switch {
 	case req.Operation == admissionv1.Create && req.SubResource == "":
+	case req.Operation == admissionv1.Update && req.SubResource == "":
+		// "kubectl set image pod/..." changes images of a running pod.
+		update = true
 	case req.Operation == admissionv1.Update && req.SubResource == "ephemeralcontainers":
 		ephemeral = true
 	default:
@@ -191,13 +194,30 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	}
 	r := &resolver{h: h, ctx: ctx, namespace: namespace, resolved: map[string]Resolved{},
 		dryRun: req.DryRun != nil && *req.DryRun}
-	if ephemeral {
-		old := &corev1.Pod{}
-		if len(req.OldObject.Raw) > 0 {
-			if err := json.Unmarshal(req.OldObject.Raw, old); err != nil {
-				return errored(http.StatusBadRequest, fmt.Errorf("old object not a Pod: %w", err))
+	old := &corev1.Pod{}
+	if (ephemeral || update) && len(req.OldObject.Raw) > 0 {
+		if err := json.Unmarshal(req.OldObject.Raw, old); err != nil {
+			return errored(http.StatusBadRequest, fmt.Errorf("old object not a Pod: %w", err))
+		}
+	}
+	if update {
+		// Only images the update changes; earlier resolutions stay recorded.
+		_ = json.Unmarshal([]byte(pod.Annotations[ResolvedAnnotation]), &r.resolved)
+		before := map[string]string{}
+		for _, c := range append(append([]corev1.Container{}, old.Spec.InitContainers...), old.Spec.Containers...) {
+			before[c.Name] = c.Image
+		}
+		for i, c := range pod.Spec.InitContainers {
+			if before[c.Name] != c.Image {
+				r.container(fmt.Sprintf("/spec/initContainers/%d/image", i), c.Name, c.Image)
 			}
 		}
+		for i, c := range pod.Spec.Containers {
+			if before[c.Name] != c.Image {
+				r.container(fmt.Sprintf("/spec/containers/%d/image", i), c.Name, c.Image)
+			}
+		}
+	} else if ephemeral {
 		existing := map[string]bool{}
 		for _, c := range old.Spec.EphemeralContainers {
 			existing[c.Name] = true
@@ -232,6 +252,9 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	// changes: metadata and imagePullSecrets cannot be patched there.
 	if !ephemeral {
 		r.annotate(pod)
+	}
+	// A pod's imagePullSecrets cannot change after creation.
+	if !ephemeral && !update {
 		if err := r.pullSecret(pod); err != nil {
 			return errored(http.StatusInternalServerError, err)
 		}

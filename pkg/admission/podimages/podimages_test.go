@@ -159,7 +159,9 @@ func TestNoOpOutsideTheRule(t *testing.T) {
 	pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "app"}}}}
 	for name, mod := range map[string]func(*admissionv1.AdmissionRequest){
 		"namespace not opted in": func(r *admissionv1.AdmissionRequest) { r.Namespace = "ns2" },
-		"pod update":             func(r *admissionv1.AdmissionRequest) { r.Operation = admissionv1.Update },
+		"pod update keeping images": func(r *admissionv1.AdmissionRequest) {
+			r.Operation, r.OldObject = admissionv1.Update, r.Object
+		},
 		"status update": func(r *admissionv1.AdmissionRequest) {
 			r.Operation, r.SubResource = admissionv1.Update, "status"
 		},
@@ -335,5 +337,28 @@ func TestServeHTTP(t *testing.T) {
 	}
 	if r, _ := http.Post(srv.URL, "application/json", strings.NewReader("{}")); r.StatusCode != http.StatusBadRequest {
 		t.Errorf("review without request: %d", r.StatusCode)
+	}
+}
+
+func TestPodUpdateResolvesChangedImages(t *testing.T) {
+	h := &Handler{Images: images}
+	old := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "keep", Image: appRef}, {Name: "c", Image: "nginx:1.27"}}}}
+	old.Annotations = map[string]string{ResolvedAnnotation: `{"keep":{"from":"app","image":"` + appRef + `"}}`}
+	pod := old.DeepCopy()
+	pod.Spec.Containers[1].Image = "app" // kubectl set image pod/x c=app
+	req := podRequest(t, pod)
+	req.Operation = admissionv1.Update
+	oldRaw, err := json.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.OldObject.Raw = oldRaw
+	got := apply(t, req, h.Review(context.Background(), req))
+	if got.Spec.Containers[1].Image != appRef || got.Spec.Containers[0].Image != appRef {
+		t.Fatalf("images %v", got.Spec.Containers)
+	}
+	var rec map[string]Resolved
+	if err := json.Unmarshal([]byte(got.Annotations[ResolvedAnnotation]), &rec); err != nil || len(rec) != 2 || rec["c"].From != "app" {
+		t.Fatalf("annotation %v %v", rec, err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -147,8 +148,11 @@ func (j *job) run(ctx context.Context, first int) {
 			logger.Info("Import attempt failed", "attempt", attempt+1, "err", err)
 		}
 		if handedOff {
-			j.writeStatus(ctx, last)
-			if last && j.storeErr == nil {
+			if !j.writeStatus(ctx, last) {
+				logger.Info("Import record is gone; stopping")
+				return
+			}
+			if last {
 				j.mu.Lock()
 				ii := j.ii.DeepCopy()
 				j.mu.Unlock()
@@ -239,11 +243,16 @@ func (j *job) recordGeneration(ctx context.Context) error {
 }
 
 // writeStatus stores the job's status into the record it was handed off as.
-func (j *job) writeStatus(ctx context.Context, last bool) {
+// It returns false when there is no such record (never stored, or deleted):
+// the job then stops, as nobody could see its outcome.
+func (j *job) writeStatus(ctx context.Context, last bool) bool {
 	<-j.stored
 	if j.storeErr != nil {
-		return
+		return false
 	}
+	// The outcome must be stored even when the job's own deadline ended it.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	logger := klog.FromContext(ctx)
 	if last {
 		if err := j.recordGeneration(ctx); err != nil {
@@ -261,17 +270,26 @@ func (j *job) writeStatus(ctx context.Context, last bool) {
 	}
 	j.mu.Lock()
 	status := *j.ii.Status.DeepCopy()
+	uid := j.ii.UID
 	j.mu.Unlock()
 	transform := func(_ context.Context, _, old runtime.Object) (runtime.Object, error) {
 		ii := old.(*tagger.ImageImport).DeepCopy()
+		if ii.UID != uid {
+			// Deleted and created anew under the same name: not this job's record.
+			return nil, apierrors.NewNotFound(tagger.Resource("imageimports"), ii.Name)
+		}
 		ii.Status = status
 		return ii, nil
 	}
 	_, _, err := j.r.status.Update(ctx, j.ii.Name, rest.DefaultUpdatedObjectInfo(nil, transform),
 		rest.ValidateAllObjectFunc, rest.ValidateAllObjectUpdateFunc, false, &metav1.UpdateOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
+	if apierrors.IsNotFound(err) {
+		return false
+	}
+	if err != nil {
 		logger.Error(err, "Failed writing import status", "imageImport", klog.KRef(j.namespace, j.ii.Name))
 	}
+	return true
 }
 
 // event reports the outcome on the stored ImageImport.

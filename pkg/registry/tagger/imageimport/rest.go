@@ -24,6 +24,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -81,7 +82,12 @@ type Deps struct {
 	SyncTimeout time.Duration
 	// BackgroundTimeout bounds a whole import, all attempts included.
 	BackgroundTimeout time.Duration
-	Clock             clock.Clock
+	// ResumeAfter is how long an import may stay Progressing without any
+	// write before a server that does not run it takes it over.
+	ResumeAfter time.Duration
+	// ResumeInterval is how often servers look for such imports.
+	ResumeInterval time.Duration
+	Clock          clock.Clock
 }
 
 // deadlineMargin is left between the end of the synchronous wait and the
@@ -101,6 +107,9 @@ type REST struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	runningMu sync.Mutex
+	running   map[string]bool // namespace/name of the imports this server runs
 }
 
 var (
@@ -125,6 +134,16 @@ func NewREST(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter, deps 
 	}
 	if deps.BackgroundTimeout <= 0 {
 		deps.BackgroundTimeout = 30 * time.Minute
+	}
+	if deps.ResumeAfter <= 0 {
+		// Longer than any pause between two attempts' status writes, so a
+		// replica never takes over an import another one still runs, unless a
+		// single attempt (a mirror copy) runs longer; running it twice is
+		// harmless, the digest is the same.
+		deps.ResumeAfter = 5 * time.Minute
+	}
+	if deps.ResumeInterval <= 0 {
+		deps.ResumeInterval = time.Minute
 	}
 	if deps.Backoff.Duration <= 0 {
 		// Ten attempts take about 35 s of waiting, so an import that fails
@@ -157,6 +176,7 @@ func NewREST(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter, deps 
 	statusREST := status.NewREST(store, NewStatusStrategy(scheme))
 	r := &REST{Store: store, internal: &internal, status: statusREST.Store(), deps: deps}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.running = map[string]bool{}
 	return r, statusREST, nil
 }
 
@@ -181,9 +201,18 @@ func (r *REST) Destroy() {
 
 // start runs j in the background, from attempt number first on.
 func (r *REST) start(j *job, first int) {
+	key := j.namespace + "/" + j.ii.Name
+	r.runningMu.Lock()
+	r.running[key] = true
+	r.runningMu.Unlock()
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
+		defer func() {
+			r.runningMu.Lock()
+			delete(r.running, key)
+			r.runningMu.Unlock()
+		}()
 		ctx, cancel := context.WithTimeout(r.ctx, r.deps.BackgroundTimeout)
 		defer cancel()
 		j.run(ctx, first)
@@ -312,24 +341,79 @@ func (r *REST) inherit(ctx context.Context, ii *tagger.ImageImport) error {
 	return nil
 }
 
-// Resume restarts the imports a previous run of the server left
-// Progressing, so none stays Progressing forever after a restart.
+// ResumeLoop takes over, until ctx ends, the imports left Progressing by a
+// server that stopped (a restart, a rolling update, a crash), so none stays
+// Progressing forever.
+func (r *REST) ResumeLoop(ctx context.Context) {
+	wait.UntilWithContext(ctx, func(ctx context.Context) {
+		if err := r.Resume(ctx); err != nil {
+			klog.ErrorS(err, "Failed looking for imports to resume")
+		}
+	}, r.deps.ResumeInterval)
+}
+
+// Resume takes over the Progressing imports nobody wrote to for ResumeAfter.
+// Replicas race for each through the record's resourceVersion: one wins.
 func (r *REST) Resume(ctx context.Context) error {
 	list, err := r.Store.List(genericapirequest.WithNamespace(ctx, metav1.NamespaceAll), nil)
 	if err != nil {
 		return err
 	}
+	now := r.deps.Clock.Now()
 	for i := range list.(*tagger.ImageImportList).Items {
-		ii := list.(*tagger.ImageImportList).Items[i].DeepCopy()
-		if !isProgressing(ii) {
+		ii := &list.(*tagger.ImageImportList).Items[i]
+		r.runningMu.Lock()
+		mine := r.running[ii.Namespace+"/"+ii.Name]
+		r.runningMu.Unlock()
+		if mine || !isProgressing(ii) || now.Sub(lastWrite(ii)) < r.deps.ResumeAfter {
 			continue
 		}
-		klog.InfoS("Resuming import left progressing", "imageImport", klog.KObj(ii), "attempts", len(ii.Status.ImportAttempts))
-		j := newJob(r, ii.Namespace, ii)
+		claimed, err := r.claim(ctx, ii)
+		if err != nil {
+			if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+				klog.ErrorS(err, "Failed claiming import to resume", "imageImport", klog.KObj(ii))
+			}
+			continue
+		}
+		klog.InfoS("Resuming import left progressing", "imageImport", klog.KObj(claimed), "attempts", len(claimed.Status.ImportAttempts))
+		j := newJob(r, claimed.Namespace, claimed)
 		j.handedOffAlready()
-		r.start(j, len(ii.Status.ImportAttempts))
+		r.start(j, len(claimed.Status.ImportAttempts))
 	}
 	return nil
+}
+
+// claim writes to the record only if it is unchanged since listed.
+func (r *REST) claim(ctx context.Context, listed *tagger.ImageImport) (*tagger.ImageImport, error) {
+	ctx = genericapirequest.WithNamespace(ctx, listed.Namespace)
+	transform := func(_ context.Context, _, old runtime.Object) (runtime.Object, error) {
+		ii := old.(*tagger.ImageImport).DeepCopy()
+		if ii.ResourceVersion != listed.ResourceVersion || ii.UID != listed.UID {
+			return nil, apierrors.NewConflict(tagger.Resource("imageimports"), ii.Name, fmt.Errorf("changed since listed"))
+		}
+		c := meta.FindStatusCondition(ii.Status.Conditions, tagger.ConditionImported)
+		c.Message = "import resumed after the server running it stopped"
+		c.LastTransitionTime = metav1.NewTime(r.deps.Clock.Now())
+		return ii, nil
+	}
+	obj, _, err := r.status.Update(ctx, listed.Name, rest.DefaultUpdatedObjectInfo(nil, transform),
+		rest.ValidateAllObjectFunc, rest.ValidateAllObjectUpdateFunc, false, &metav1.UpdateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return obj.(*tagger.ImageImport), nil
+}
+
+// lastWrite is the newest time the import's record says something happened.
+func lastWrite(ii *tagger.ImageImport) time.Time {
+	t := ii.CreationTimestamp.Time
+	if n := len(ii.Status.ImportAttempts); n > 0 && ii.Status.ImportAttempts[n-1].When.After(t) {
+		t = ii.Status.ImportAttempts[n-1].When.Time
+	}
+	if c := meta.FindStatusCondition(ii.Status.Conditions, tagger.ConditionImported); c != nil && c.LastTransitionTime.After(t) {
+		t = c.LastTransitionTime.Time
+	}
+	return t
 }
 
 // RecordPush stores the record of a push through images/push: an
