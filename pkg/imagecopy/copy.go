@@ -121,17 +121,18 @@ func sniffArchive(path string) (string, error) {
 }
 
 // hermetic returns a containers/image context that reads no configuration
-// of the host; the relay is plain http on 127.0.0.1.
-func hermetic(relay bool) *types.SystemContext {
+// of the host; the relay, when given, is plain http on 127.0.0.1 and wants
+// its own credentials.
+func hermetic(relay *Relay) *types.SystemContext {
 	sys := &types.SystemContext{
 		SystemRegistriesConfPath:    os.DevNull,
 		SystemRegistriesConfDirPath: "/nonexistent/tagger-hermetic",
 		RegistriesDirPath:           "/nonexistent/tagger-hermetic",
 		BlobInfoCacheDir:            "/dev/null/tagger-blob-info-cache",
 	}
-	if relay {
+	if relay != nil {
 		sys.DockerInsecureSkipTLSVerify = types.OptionalBoolTrue
-		sys.DockerAuthConfig = &types.DockerAuthConfig{}
+		sys.DockerAuthConfig = &types.DockerAuthConfig{Username: relayUser, Password: relay.password}
 		sys.DockerPerHostCertDirPath = "/nonexistent/tagger-hermetic"
 	}
 	return sys
@@ -193,7 +194,7 @@ func Push(ctx context.Context, o PushOptions) (PushResult, error) {
 	// A docker archive holds uncompressed layers and no manifest of its
 	// own: its digest is made by the copy, so there is none to preserve.
 	preserve := src.Transport().Name() != "docker-archive"
-	pushed, err := copyImage(ctx, dst, src, hermetic(false), hermetic(true), preserve, o.CopyOptions)
+	pushed, err := copyImage(ctx, dst, src, hermetic(nil), hermetic(relay), preserve, o.CopyOptions)
 	if err != nil {
 		return PushResult{}, relayError("pushing "+transports.ImageName(src), relay, err)
 	}
@@ -236,7 +237,7 @@ func Pull(ctx context.Context, o PullOptions) error {
 	}
 	oci := dst.Transport().Name() == "oci-archive" || dst.Transport().Name() == "oci"
 	if !oci {
-		is, err := src.NewImageSource(ctx, hermetic(true))
+		is, err := src.NewImageSource(ctx, hermetic(relay))
 		if err != nil {
 			return relayError("pulling "+o.Digest.String(), relay, err)
 		}
@@ -249,7 +250,7 @@ func Pull(ctx context.Context, o PullOptions) error {
 			return fmt.Errorf("%s is a multi-platform image (an index): %s holds a single image; pull to oci-archive:FILE or oci:DIR instead", o.Digest, dst.Transport().Name())
 		}
 	}
-	if _, err := copyImage(ctx, dst, src, hermetic(true), hermetic(false), oci, o.CopyOptions); err != nil {
+	if _, err := copyImage(ctx, dst, src, hermetic(relay), hermetic(nil), oci, o.CopyOptions); err != nil {
 		return relayError("pulling "+o.Digest.String(), relay, err)
 	}
 	return nil

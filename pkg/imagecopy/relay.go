@@ -29,6 +29,9 @@ package imagecopy
 
 import (
 	"bufio"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -68,9 +71,16 @@ type Relay struct {
 	// server's request timeout whatever the blob's size.
 	ChunkSize int64
 
+	// password guards the relay: other local processes, or a web page
+	// reaching 127.0.0.1 by DNS rebinding, must not use the user's kubeconfig.
+	password string
+
 	mu     sync.Mutex
 	apiErr error
 }
+
+// relayUser is the user name containers/image presents to the relay.
+const relayUser = "tagger"
 
 // HeadContentLengthHeader mirrors the server's header of the same name.
 const HeadContentLengthHeader = "Tagger-Content-Length"
@@ -101,8 +111,13 @@ func StartRelay(t Target, push bool) (*Relay, error) {
 	if err != nil {
 		return nil, err
 	}
+	secret := make([]byte, 24)
+	if _, err := rand.Read(secret); err != nil {
+		ln.Close()
+		return nil, err
+	}
 	r := &Relay{
-		target: t, sub: sub, base: base, rt: rt, ln: ln,
+		target: t, sub: sub, base: base, rt: rt, ln: ln, password: hex.EncodeToString(secret),
 		apiPath: fmt.Sprintf("/apis/tagger.dev/v1beta1/namespaces/%s/images/%s/%s", t.Namespace, t.Name, sub),
 		repo:    t.Namespace + "/" + t.Name,
 	}
@@ -135,6 +150,16 @@ var relayedRequestHeaders = []string{"Accept", "Content-Type", "Content-Range", 
 // ServeHTTP implements http.Handler.
 func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer req.Body.Close()
+	if req.Host != r.ln.Addr().String() {
+		registryError(w, http.StatusForbidden, "DENIED", "this relay answers only "+r.ln.Addr().String())
+		return
+	}
+	if user, pass, ok := req.BasicAuth(); !ok || user != relayUser ||
+		subtle.ConstantTimeCompare([]byte(pass), []byte(r.password)) != 1 {
+		w.Header().Set("WWW-Authenticate", `Basic realm="tagger-relay"`)
+		registryError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+		return
+	}
 	if req.URL.Path == "/v2" || req.URL.Path == "/v2/" {
 		w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 		w.WriteHeader(http.StatusOK)

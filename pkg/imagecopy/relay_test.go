@@ -19,6 +19,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"k8s.io/client-go/rest"
 )
 
 func TestAPIErrorSaysWhatToDo(t *testing.T) {
@@ -32,6 +34,46 @@ func TestAPIErrorSaysWhatToDo(t *testing.T) {
 		err := &APIError{Code: code, Message: "boom"}
 		if got := err.Error(); !strings.Contains(got, want) || !strings.Contains(got, "boom") {
 			t.Errorf("%d: %q lacks %q", code, got, want)
+		}
+	}
+}
+
+func TestRelayServesOnlyItsOwnClient(t *testing.T) {
+	r, err := StartRelay(Target{Config: &rest.Config{Host: "https://127.0.0.1:1"}, Namespace: "ns", Name: "app"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	addr := r.ln.Addr().String()
+	do := func(host, user, pass string) int {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/v2/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		if user != "" {
+			req.SetBasicAuth(user, pass)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	cases := map[string]struct {
+		host, user, pass string
+		want             int
+	}{
+		"its client":          {addr, relayUser, r.password, http.StatusOK},
+		"no credentials":      {addr, "", "", http.StatusUnauthorized},
+		"wrong password":      {addr, relayUser, "guess", http.StatusUnauthorized},
+		"rebinding host name": {"evil.example:" + strings.Split(addr, ":")[1], relayUser, r.password, http.StatusForbidden},
+	}
+	for name, tc := range cases {
+		if got := do(tc.host, tc.user, tc.pass); got != tc.want {
+			t.Errorf("%s: status %d, want %d", name, got, tc.want)
 		}
 	}
 }
