@@ -108,6 +108,18 @@ func (j *job) ctx(parent context.Context) context.Context {
 	return genericapirequest.WithNamespace(parent, j.namespace)
 }
 
+// abandon ends a job because the server stops: the record stays (or, if the
+// create still waits, is stored) Progressing, for a running server to resume.
+func (j *job) abandon() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.handedOff {
+		markProgressing(j.ii)
+		j.finished = true
+		close(j.done)
+	}
+}
+
 // run makes the attempts left, from attempt number first on.
 func (j *job) run(ctx context.Context, first int) {
 	ctx = j.ctx(ctx)
@@ -125,14 +137,8 @@ func (j *job) run(ctx context.Context, first int) {
 		res, err := j.attempt(ctx)
 		if err != nil && j.r.ctx.Err() != nil {
 			// The server is stopping: this attempt did not fail, it was cut.
-			logger.Info("Import interrupted by shutdown; it resumes at the next start")
-			j.mu.Lock()
-			if !j.handedOff {
-				markProgressing(j.ii)
-				j.finished = true
-				close(j.done)
-			}
-			j.mu.Unlock()
+			logger.Info("Import interrupted by shutdown; a running server resumes it")
+			j.abandon()
 			return
 		}
 		last := err == nil || attempt == tagger.MaxImportAttempts-1 || ctx.Err() != nil

@@ -194,7 +194,9 @@ func (r *REST) Categories() []string { return []string{"tagger"} }
 // Destroy implements rest.Storage: it stops background imports, leaving
 // them Progressing, and waits for them to end.
 func (r *REST) Destroy() {
-	r.cancel()
+	r.runningMu.Lock()
+	r.cancel() // under the lock: start adds to wg only before this
+	r.runningMu.Unlock()
 	r.wg.Wait()
 	r.Store.Destroy()
 }
@@ -203,9 +205,16 @@ func (r *REST) Destroy() {
 func (r *REST) start(j *job, first int) {
 	key := j.namespace + "/" + j.ii.Name
 	r.runningMu.Lock()
+	if r.ctx.Err() != nil {
+		// Stopping: the job ends at once, its record stays Progressing and
+		// is resumed by a server that runs.
+		r.runningMu.Unlock()
+		j.abandon()
+		return
+	}
 	r.running[key] = true
-	r.runningMu.Unlock()
 	r.wg.Add(1)
+	r.runningMu.Unlock()
 	go func() {
 		defer r.wg.Done()
 		defer func() {
