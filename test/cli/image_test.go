@@ -169,26 +169,6 @@ func TestImagePluginWithKubectl(t *testing.T) {
 	}
 }
 
-func sameArchive(t *testing.T, want, got string) {
-	t.Helper()
-	w, err := imagecopytest.ReadOCIArchive(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := imagecopytest.ReadOCIArchive(got)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g.Digest != w.Digest || len(g.Blobs) != len(w.Blobs) {
-		t.Fatalf("%s holds %s (%d blobs), want %s (%d blobs)", got, g.Digest, len(g.Blobs), w.Digest, len(w.Blobs))
-	}
-	for b, size := range w.Blobs {
-		if g.Blobs[b] != size {
-			t.Fatalf("%s: blob %s has %d bytes, want %d", got, b, g.Blobs[b], size)
-		}
-	}
-}
-
 // peakRSS returns the peak resident memory (VmHWM) of a process, in bytes.
 func peakRSS(t *testing.T, pid int) int64 {
 	t.Helper()
@@ -245,5 +225,12 @@ func TestLargePushStreams(t *testing.T) {
 	l.mustKubectl("", "image", "pull", "big", "oci:"+out)
 	if after2 := peakRSS(t, l.cmd.Process.Pid); after2-before > 100<<20 {
 		t.Fatalf("server peak RSS grew by %d MiB pulling %d MiB", (after2-before)>>20, size>>20)
+	}
+}
+
+func sameArchive(t *testing.T, want, got string) {
+	t.Helper()
+	if err := imagecopytest.SameOCIArchive(want, got); err != nil {
+		t.Fatal(err)
 	}
 }

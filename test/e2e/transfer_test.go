@@ -75,21 +75,8 @@ func (c *cluster) ownMirror(t *testing.T, ns string, r *registry) {
 // blob for blob.
 func sameImageArchive(t *testing.T, want, got string) {
 	t.Helper()
-	w, err := imagecopytest.ReadOCIArchive(want)
-	if err != nil {
+	if err := imagecopytest.SameOCIArchive(want, got); err != nil {
 		t.Fatal(err)
-	}
-	g, err := imagecopytest.ReadOCIArchive(got)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g.Digest != w.Digest || len(g.Blobs) != len(w.Blobs) {
-		t.Fatalf("%s holds %s (%d blobs), want %s (%d blobs)", got, g.Digest, len(g.Blobs), w.Digest, len(w.Blobs))
-	}
-	for b, size := range w.Blobs {
-		if g.Blobs[b] != size {
-			t.Fatalf("%s: blob %s has %d bytes, want %d", got, b, g.Blobs[b], size)
-		}
 	}
 }
 

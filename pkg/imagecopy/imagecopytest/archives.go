@@ -235,6 +235,28 @@ func ReadOCIArchive(path string) (*Archive, error) {
 	return a, nil
 }
 
+// SameOCIArchive returns an error unless the OCI archive got holds the same
+// image (or index) as want, blob for blob.
+func SameOCIArchive(want, got string) error {
+	w, err := ReadOCIArchive(want)
+	if err != nil {
+		return err
+	}
+	g, err := ReadOCIArchive(got)
+	if err != nil {
+		return err
+	}
+	if g.Digest != w.Digest || len(g.Blobs) != len(w.Blobs) {
+		return fmt.Errorf("%s holds %s (%d blobs), want %s (%d blobs)", got, g.Digest, len(g.Blobs), w.Digest, len(w.Blobs))
+	}
+	for b, size := range w.Blobs {
+		if g.Blobs[b] != size {
+			return fmt.Errorf("%s: blob %s has %d bytes, want %d", got, b, g.Blobs[b], size)
+		}
+	}
+	return nil
+}
+
 // DockerArchiveConfigDigest returns the digest of the config of the single
 // image in a docker archive ("docker save" format).
 func DockerArchiveConfigDigest(path string) (string, error) {
