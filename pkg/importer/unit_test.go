@@ -35,18 +35,18 @@ func TestNormalize(t *testing.T) {
 		{"library/nginx", "docker.io/library/nginx:latest"},
 		{"docker.io/nginx", "docker.io/library/nginx:latest"},
 		{"user/app", "docker.io/user/app:latest"},
-		{"quay.io/org/app", "quay.io/org/app:latest"},
+		{"registry.example.com/org/app", "registry.example.com/org/app:latest"},
 		{"localhost:5000/app:v1", "localhost:5000/app:v1"},
 		{" 127.0.0.1:5000/a/b/c ", "127.0.0.1:5000/a/b/c:latest"},
 		{"nginx@" + d, "docker.io/library/nginx@" + d},
-		{"quay.io/org/app:v1@" + d, "quay.io/org/app:v1@" + d},
+		{"registry.example.com/org/app:v1@" + d, "registry.example.com/org/app:v1@" + d},
 	} {
 		got, err := Normalize(tc.in)
 		if err != nil || got != tc.want {
 			t.Errorf("Normalize(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
 		}
 	}
-	for _, bad := range []string{"", "UPPER/case", "nginx:", "a@sha256:short", "http://quay.io/app"} {
+	for _, bad := range []string{"", "UPPER/case", "nginx:", "a@sha256:short", "http://registry.example.com/app"} {
 		if got, err := Normalize(bad); err == nil {
 			t.Errorf("Normalize(%q) = %q, want an error", bad, got)
 		}
@@ -58,7 +58,7 @@ func TestPolicy(t *testing.T) {
 		"metadata.internal":    {"169.254.169.254"},
 		"sneaky.example.com":   {"10.0.0.5", "fd00:ec2::254"},
 		"mapped.example.com":   {"::ffff:169.254.1.1"},
-		"quay.io":              {"3.3.3.3"},
+		"registry.example.com":              {"3.3.3.3"},
 		"registry-1.docker.io": {"4.4.4.4"},
 		"a.corp.example":       {"10.1.2.3"},
 		"b.corp.example":       {"10.1.2.4", "8.8.8.8"},
@@ -91,12 +91,12 @@ func TestPolicy(t *testing.T) {
 		// containers/image's reference grammar has no IPv6 literals.
 		{name: "IPv6 literal", ref: "[fe80::1]:5000/x", wantErr: "invalid image reference"},
 		{name: "link-local beats allow", allow: []string{"169.254.0.0/16", "*"}, ref: "169.254.169.254/x", wantErr: "link-local"},
-		{name: "default allows", ref: "quay.io/org/app"},
+		{name: "default allows", ref: "registry.example.com/org/app"},
 		{name: "docker hub", ref: "nginx"},
 		{name: "loopback allowed by default", ref: "127.0.0.1:5000/x"},
 		{name: "unresolvable not refused here", ref: "nowhere.example/x"},
-		{name: "allow host", allow: []string{"quay.io"}, ref: "quay.io/x"},
-		{name: "allow host refuses others", allow: []string{"quay.io"}, ref: "ghcr.io/x", wantErr: "no allow-list entry"},
+		{name: "allow host", allow: []string{"registry.example.com"}, ref: "registry.example.com/x"},
+		{name: "allow host refuses others", allow: []string{"registry.example.com"}, ref: "other.example.com/x", wantErr: "no allow-list entry"},
 		{name: "allow docker.io", allow: []string{"docker.io"}, ref: "nginx"},
 		{name: "allow wildcard", allow: []string{"*.corp.example"}, ref: "a.corp.example/x"},
 		{name: "wildcard is one label", allow: []string{"*.example"}, ref: "a.corp.example/x", wantErr: "no allow-list entry"},
@@ -107,11 +107,11 @@ func TestPolicy(t *testing.T) {
 		{name: "allow CIDR needs every address", allow: []string{"10.0.0.0/8"}, ref: "b.corp.example/x", wantErr: "no allow-list entry"},
 		{name: "allow CIDR unresolvable", allow: []string{"10.0.0.0/8"}, ref: "nowhere.example/x", wantErr: "no allow-list entry"},
 		{name: "allow IP literal", allow: []string{"127.0.0.1"}, ref: "127.0.0.1:5000/x"},
-		{name: "deny host", deny: []string{"quay.io"}, ref: "quay.io/x", wantErr: `deny-list entry "quay.io"`},
+		{name: "deny host", deny: []string{"registry.example.com"}, ref: "registry.example.com/x", wantErr: `deny-list entry "registry.example.com"`},
 		{name: "deny beats allow", allow: []string{"*.corp.example"}, deny: []string{"a.corp.example"}, ref: "a.corp.example/x", wantErr: "deny-list"},
 		{name: "deny CIDR any address", deny: []string{"8.8.8.0/24"}, ref: "b.corp.example/x", wantErr: "deny-list"},
 		{name: "deny loopback", deny: []string{"127.0.0.0/8", "::1/128"}, ref: "localhost:5000/x", wantErr: "deny-list"},
-		{name: "deny other", deny: []string{"ghcr.io"}, ref: "quay.io/x"},
+		{name: "deny other", deny: []string{"other.example.com"}, ref: "registry.example.com/x"},
 		{name: "invalid reference", ref: "Not A Ref", wantErr: "invalid image reference"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -167,7 +167,7 @@ func TestRunRollsOutOnCurrentChangeOnly(t *testing.T) {
 		}
 	}
 	// An update that does not move the current generation: no rollout.
-	update(func(img *taggerv1beta1.Image) { img.Spec.From = "quay.io/org/app:latest" })
+	update(func(img *taggerv1beta1.Image) { img.Spec.From = "registry.example.com/org/app:latest" })
 	time.Sleep(200 * time.Millisecond)
 	if got := p.get("web"); got != 0 {
 		t.Fatalf("%d patches without a change", got)

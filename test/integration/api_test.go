@@ -104,13 +104,13 @@ func TestImageLifecycle(t *testing.T) {
 
 	// Spec through the main resource; status changes there are ignored.
 	withSpec := updated.DeepCopy()
-	withSpec.Spec.From = "quay.io/org/app:v2"
+	withSpec.Spec.From = "registry.example.com/org/app:v2"
 	withSpec.Status.HashReferences = nil
 	updated2, err := images.Update(ctx, withSpec, metav1.UpdateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if updated2.Spec.From != "quay.io/org/app:v2" || len(updated2.Status.HashReferences) != 2 || updated2.Generation != 2 {
+	if updated2.Spec.From != "registry.example.com/org/app:v2" || len(updated2.Status.HashReferences) != 2 || updated2.Generation != 2 {
 		t.Fatalf("spec update: %+v", updated2)
 	}
 
@@ -139,7 +139,7 @@ func TestImageLifecycle(t *testing.T) {
 	}
 
 	// The watch saw both updates, in order.
-	for _, want := range []string{"nginx", "quay.io/org/app:v2"} {
+	for _, want := range []string{"nginx", "registry.example.com/org/app:v2"} {
 		select {
 		case ev := <-w.ResultChan():
 			img := ev.Object.(*v1beta1.Image)

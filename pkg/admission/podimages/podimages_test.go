@@ -39,7 +39,7 @@ import (
 
 const (
 	appRef  = "mirror.example/ns1/app@sha256:1111111111111111111111111111111111111111111111111111111111111111"
-	toolRef = "quay.io/org/tool@sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	toolRef = "registry.example.com/org/tool@sha256:2222222222222222222222222222222222222222222222222222222222222222"
 )
 
 type fakeImages map[string]*tagger.Image
@@ -114,14 +114,14 @@ func TestCreateResolvesContainersAndInitContainers(t *testing.T) {
 				{Name: "explicit", Image: "tagger.dev/app"},
 				{Name: "nginx", Image: "nginx:1.27"},
 				{Name: "unknown", Image: "busybox"},
-				{Name: "qualified", Image: "quay.io/org/app"},
+				{Name: "qualified", Image: "registry.example.com/org/app"},
 				{Name: "tagged", Image: "app:v1"},
 			},
 		}}
 	req := podRequest(t, pod)
 	got := apply(t, req, h.Review(context.Background(), req))
 	want := map[string]string{"init": toolRef, "main": appRef, "explicit": appRef, "nginx": "nginx:1.27",
-		"unknown": "busybox", "qualified": "quay.io/org/app", "tagged": "app:v1"}
+		"unknown": "busybox", "qualified": "registry.example.com/org/app", "tagged": "app:v1"}
 	for _, c := range append(got.Spec.InitContainers, got.Spec.Containers...) {
 		if c.Image != want[c.Name] {
 			t.Errorf("container %s: image %q, want %q", c.Name, c.Image, want[c.Name])

@@ -29,7 +29,7 @@ import (
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
 func TestParseSecret(t *testing.T) {
-	jsonDoc := `{"auths":{"quay.io":{"auth":"` + b64("q:qpass") + `"}},"credHelpers":{"gcr.io":"gcloud"}}`
+	jsonDoc := `{"auths":{"registry.example.com":{"auth":"` + b64("q:qpass") + `"}},"credHelpers":{"helper.example.com":"gcloud"}}`
 	cfgDoc := `{"https://index.docker.io/v1/":{"username":"d","password":"dpass","email":"d@example.com"}}`
 	for _, tc := range []struct {
 		name    string
@@ -39,7 +39,7 @@ func TestParseSecret(t *testing.T) {
 		wantErr bool
 	}{
 		{name: "dockerconfigjson", typ: SecretTypeDockerConfigJSON, data: map[string][]byte{DockerConfigJSONKey: []byte(jsonDoc)},
-			want: DockerConfig{"quay.io": {Auth: b64("q:qpass")}}},
+			want: DockerConfig{"registry.example.com": {Auth: b64("q:qpass")}}},
 		{name: "dockercfg", typ: SecretTypeDockercfg, data: map[string][]byte{DockercfgKey: []byte(cfgDoc)},
 			want: DockerConfig{"https://index.docker.io/v1/": {Username: "d", Password: "dpass", Email: "d@example.com"}}},
 		{name: "wrong key", typ: SecretTypeDockerConfigJSON, data: map[string][]byte{DockercfgKey: []byte(cfgDoc)}, wantErr: true},
@@ -99,25 +99,25 @@ func TestLookup(t *testing.T) {
 		{name: "docker.io key", configs: []DockerConfig{{"docker.io": entry("hub")}}, image: "docker.io/library/nginx:1", want: []importer.Credential{cred("hub")}},
 		{name: "registry-1 alias", configs: []DockerConfig{{"registry-1.docker.io": entry("hub")}}, image: "user/app", want: []importer.Credential{cred("hub")}},
 		{name: "index.docker.io image", configs: []DockerConfig{{"docker.io": entry("hub")}}, image: "index.docker.io/user/app", want: []importer.Credential{cred("hub")}},
-		{name: "hub key does not match quay", configs: []DockerConfig{{"docker.io": entry("hub")}}, image: "quay.io/org/app", want: nil},
-		{name: "scheme ignored", configs: []DockerConfig{{"https://quay.io": entry("q")}}, image: "quay.io/org/app", want: []importer.Credential{cred("q")}},
-		{name: "v2 path ignored", configs: []DockerConfig{{"https://quay.io/v2/": entry("q")}}, image: "quay.io/org/app", want: []importer.Credential{cred("q")}},
-		{name: "host case-insensitive", configs: []DockerConfig{{"Quay.IO": entry("q")}}, image: "quay.io/org/app", want: []importer.Credential{cred("q")}},
+		{name: "hub key does not match another registry", configs: []DockerConfig{{"docker.io": entry("hub")}}, image: "registry.example.com/org/app", want: nil},
+		{name: "scheme ignored", configs: []DockerConfig{{"https://registry.example.com": entry("q")}}, image: "registry.example.com/org/app", want: []importer.Credential{cred("q")}},
+		{name: "v2 path ignored", configs: []DockerConfig{{"https://registry.example.com/v2/": entry("q")}}, image: "registry.example.com/org/app", want: []importer.Credential{cred("q")}},
+		{name: "host case-insensitive", configs: []DockerConfig{{"Registry.Example.COM": entry("q")}}, image: "registry.example.com/org/app", want: []importer.Credential{cred("q")}},
 		{name: "port must match", configs: []DockerConfig{{"reg:5000": entry("a"), "reg:6000": entry("b"), "reg": entry("c")}}, image: "reg:5000/app", want: []importer.Credential{cred("a")}},
-		{name: "path prefix", configs: []DockerConfig{{"quay.io/org": entry("org"), "quay.io/other": entry("other")}}, image: "quay.io/org/app", want: []importer.Credential{cred("org")}},
-		{name: "path prefix on segment boundary", configs: []DockerConfig{{"quay.io/org": entry("org")}}, image: "quay.io/organization/app", want: nil},
-		{name: "most specific first", configs: []DockerConfig{{"quay.io": entry("host"), "quay.io/org": entry("org"), "quay.io/org/app": entry("app")}}, image: "quay.io/org/app:v1",
+		{name: "path prefix", configs: []DockerConfig{{"registry.example.com/org": entry("org"), "registry.example.com/other": entry("other")}}, image: "registry.example.com/org/app", want: []importer.Credential{cred("org")}},
+		{name: "path prefix on segment boundary", configs: []DockerConfig{{"registry.example.com/org": entry("org")}}, image: "registry.example.com/organization/app", want: nil},
+		{name: "most specific first", configs: []DockerConfig{{"registry.example.com": entry("host"), "registry.example.com/org": entry("org"), "registry.example.com/org/app": entry("app")}}, image: "registry.example.com/org/app:v1",
 			want: []importer.Credential{cred("app"), cred("org"), cred("host")}},
 		{name: "wildcard", configs: []DockerConfig{{"*.example.com": entry("wild"), "a.example.com": entry("exact")}}, image: "a.example.com/app",
 			want: []importer.Credential{cred("exact"), cred("wild")}},
 		{name: "wildcard one label", configs: []DockerConfig{{"*.example.com": entry("wild")}}, image: "a.b.example.com/app", want: nil},
 		{name: "wildcard not apex", configs: []DockerConfig{{"*.example.com": entry("wild")}}, image: "example.com/app", want: nil},
-		{name: "configs in order, duplicates once", configs: []DockerConfig{{"quay.io": entry("first")}, {"quay.io": entry("second"), "https://quay.io": entry("first")}}, image: "quay.io/x",
+		{name: "configs in order, duplicates once", configs: []DockerConfig{{"registry.example.com": entry("first")}, {"registry.example.com": entry("second"), "https://registry.example.com": entry("first")}}, image: "registry.example.com/x",
 			want: []importer.Credential{cred("first"), cred("second")}},
-		{name: "undecodable and empty entries skipped", configs: []DockerConfig{{"quay.io": {Auth: "%%%"}, "https://quay.io/": {Email: "x@y"}, "quay.io/x": entry("ok")}}, image: "quay.io/x/y",
+		{name: "undecodable and empty entries skipped", configs: []DockerConfig{{"registry.example.com": {Auth: "%%%"}, "https://registry.example.com/": {Email: "x@y"}, "registry.example.com/x": entry("ok")}}, image: "registry.example.com/x/y",
 			want: []importer.Credential{cred("ok")}},
-		{name: "digest reference", configs: []DockerConfig{{"quay.io": entry("q")}}, image: "quay.io/x@sha256:" + "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", want: []importer.Credential{cred("q")}},
-		{name: "invalid image", configs: []DockerConfig{{"quay.io": entry("q")}}, image: "Not Valid", want: nil},
+		{name: "digest reference", configs: []DockerConfig{{"registry.example.com": entry("q")}}, image: "registry.example.com/x@sha256:" + "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", want: []importer.Credential{cred("q")}},
+		{name: "invalid image", configs: []DockerConfig{{"registry.example.com": entry("q")}}, image: "Not Valid", want: nil},
 		{name: "loopback with port", configs: []DockerConfig{{"http://127.0.0.1:5000": entry("l")}}, image: "127.0.0.1:5000/app", want: []importer.Credential{cred("l")}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -132,19 +132,19 @@ func TestAuthFile(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "auth.json")
 	lookup := AuthFile(file)
-	if got := lookup("quay.io/x"); got != nil {
+	if got := lookup("registry.example.com/x"); got != nil {
 		t.Errorf("missing file: %+v", got)
 	}
-	if err := os.WriteFile(file, []byte(`{"auths":{"quay.io":{"auth":"`+b64("u:p")+`"}}}`), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(`{"auths":{"registry.example.com":{"auth":"`+b64("u:p")+`"}}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got := lookup("quay.io/x"); !reflect.DeepEqual(got, []importer.Credential{{Username: "u", Password: "p"}}) {
+	if got := lookup("registry.example.com/x"); !reflect.DeepEqual(got, []importer.Credential{{Username: "u", Password: "p"}}) {
 		t.Errorf("got %+v", got)
 	}
 	if err := os.WriteFile(file, []byte(`not json`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got := lookup("quay.io/x"); got != nil {
+	if got := lookup("registry.example.com/x"); got != nil {
 		t.Errorf("broken file: %+v", got)
 	}
 	if _, err := ReadAuthFile(file); err == nil {

@@ -35,16 +35,16 @@ var now = metav1.NewTime(time.Date(2026, 10, 1, 12, 0, 0, 0, time.UTC))
 
 func hashRef(i int) tagger.HashReference {
 	return tagger.HashReference{
-		From:           "quay.io/org/app:latest",
+		From:           "registry.example.com/org/app:latest",
 		ImportedAt:     metav1.NewTime(now.Add(-time.Duration(i) * time.Minute)),
-		ImageReference: fmt.Sprintf("quay.io/org/app@sha256:%064x", i),
+		ImageReference: fmt.Sprintf("registry.example.com/org/app@sha256:%064x", i),
 	}
 }
 
 func validImage() *tagger.Image {
 	return &tagger.Image{
 		ObjectMeta: metav1.ObjectMeta{Name: "app", Namespace: "ns", ResourceVersion: "1"},
-		Spec:       tagger.ImageSpec{From: "quay.io/org/app:latest"},
+		Spec:       tagger.ImageSpec{From: "registry.example.com/org/app:latest"},
 	}
 }
 
@@ -106,11 +106,11 @@ func TestValidateImage(t *testing.T) {
 		want: field.ErrorList{field.Invalid(spec.Child("from"), "", "")},
 	}, {
 		name: "from with inner space",
-		img:  imageWith(func(img *tagger.Image) { img.Spec.From = "quay.io/org/my app" }),
+		img:  imageWith(func(img *tagger.Image) { img.Spec.From = "registry.example.com/org/my app" }),
 		want: field.ErrorList{field.Invalid(spec.Child("from"), "", "")},
 	}, {
 		name: "from uppercase repository",
-		img:  imageWith(func(img *tagger.Image) { img.Spec.From = "quay.io/Org/App" }),
+		img:  imageWith(func(img *tagger.Image) { img.Spec.From = "registry.example.com/Org/App" }),
 		want: field.ErrorList{field.Invalid(spec.Child("from"), "", "")},
 	}, {
 		name: "from invalid tag",
@@ -124,7 +124,7 @@ func TestValidateImage(t *testing.T) {
 		name: "hash reference by tag",
 		img: imageWith(func(img *tagger.Image) {
 			ref := hashRef(0)
-			ref.ImageReference = "quay.io/org/app:latest"
+			ref.ImageReference = "registry.example.com/org/app:latest"
 			img.Status.HashReferences = []tagger.HashReference{hashRef(1), ref}
 		}),
 		want: field.ErrorList{field.Invalid(refs.Index(1).Child("imageReference"), "", "")},
@@ -227,7 +227,7 @@ func TestValidateImageStatusUpdate(t *testing.T) {
 		name: "tag reference",
 		img: imageWith(func(img *tagger.Image) {
 			ref := hashRef(0)
-			ref.ImageReference = "quay.io/org/app:v1"
+			ref.ImageReference = "registry.example.com/org/app:v1"
 			img.Status.HashReferences = []tagger.HashReference{ref}
 		}),
 		want: field.ErrorList{field.Invalid(refs.Index(0).Child("imageReference"), "", "")},
@@ -317,7 +317,7 @@ func TestValidateImageImport(t *testing.T) {
 		}),
 	}, {
 		name: "from by digest",
-		ii:   importWith(func(ii *tagger.ImageImport) { ii.Spec.From = "quay.io/org/app@" + testDigest }),
+		ii:   importWith(func(ii *tagger.ImageImport) { ii.Spec.From = "registry.example.com/org/app@" + testDigest }),
 	}, {
 		name: "uppercase name",
 		ii:   importWith(func(ii *tagger.ImageImport) { ii.Name = "App-1" }),
@@ -340,7 +340,7 @@ func TestValidateImageImport(t *testing.T) {
 		want: field.ErrorList{field.Invalid(spec.Child("targetImage"), "", "")},
 	}, {
 		name: "from invalid",
-		ii:   importWith(func(ii *tagger.ImageImport) { ii.Spec.From = "quay.io/org/app:bad tag" }),
+		ii:   importWith(func(ii *tagger.ImageImport) { ii.Spec.From = "registry.example.com/org/app:bad tag" }),
 		want: field.ErrorList{field.Invalid(spec.Child("from"), "", "")},
 	}, {
 		name: "from with spaces",
@@ -350,7 +350,7 @@ func TestValidateImageImport(t *testing.T) {
 		name: "hashReference by tag",
 		ii: importWith(func(ii *tagger.ImageImport) {
 			ref := hashRef(0)
-			ref.ImageReference = "quay.io/org/app:latest"
+			ref.ImageReference = "registry.example.com/org/app:latest"
 			ii.Status.HashReference = &ref
 		}),
 		want: field.ErrorList{field.Invalid(status.Child("hashReference", "imageReference"), "", "")},

@@ -32,9 +32,9 @@ var base = time.Date(2026, 10, 1, 12, 0, 0, 0, time.UTC)
 // gen returns the generation with digest number d imported at base+sec.
 func gen(d, sec int) tagger.HashReference {
 	return tagger.HashReference{
-		From:           "quay.io/org/app:latest",
+		From:           "registry.example.com/org/app:latest",
 		ImportedAt:     metav1.NewTime(base.Add(time.Duration(sec) * time.Second)),
-		ImageReference: fmt.Sprintf("quay.io/org/app@sha256:%064x", d),
+		ImageReference: fmt.Sprintf("registry.example.com/org/app@sha256:%064x", d),
 	}
 }
 
@@ -54,7 +54,7 @@ func TestAddGeneration(t *testing.T) {
 		full[i] = 100 + i
 	}
 	refreshed := gen(1, 50)
-	refreshed.From = "quay.io/org/app:stable"
+	refreshed.From = "registry.example.com/org/app:stable"
 
 	tests := []struct {
 		name     string

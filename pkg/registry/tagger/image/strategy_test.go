@@ -47,7 +47,7 @@ func newImage() *tagger.Image {
 			Annotations:     map[string]string{"note": "old"},
 			Finalizers:      []string{"tagger.dev/keep"},
 		},
-		Spec: tagger.ImageSpec{From: "quay.io/org/app:latest", Mirror: true},
+		Spec: tagger.ImageSpec{From: "registry.example.com/org/app:latest", Mirror: true},
 		Status: tagger.ImageStatus{HashReferences: []tagger.HashReference{
 			gen(2, 20), gen(1, 10),
 		}, CurrentReference: gen(2, 20).ImageReference},
@@ -197,7 +197,7 @@ func TestValidate(t *testing.T) {
 	noFrom := newImage()
 	noFrom.Spec.From = ""
 	tagRef := newImage()
-	tagRef.Status.HashReferences[0].ImageReference = "quay.io/org/app:latest"
+	tagRef.Status.HashReferences[0].ImageReference = "registry.example.com/org/app:latest"
 	renamed := newImage()
 	renamed.Name = "other"
 
@@ -253,7 +253,7 @@ func TestGetAttrs(t *testing.T) {
 	wantFields := fields.Set{
 		"metadata.name":      "app",
 		"metadata.namespace": "ns",
-		"spec.from":          "quay.io/org/app:latest",
+		"spec.from":          "registry.example.com/org/app:latest",
 	}
 	if !apiequality.Semantic.DeepEqual(fs, wantFields) {
 		t.Errorf("fields = %v, want %v", fs, wantFields)
@@ -266,7 +266,7 @@ func TestGetAttrs(t *testing.T) {
 		selector string
 		match    bool
 	}{
-		{"spec.from=quay.io/org/app:latest", true},
+		{"spec.from=registry.example.com/org/app:latest", true},
 		{"spec.from=nginx", false},
 		{"metadata.name=app", true},
 		{"metadata.name=other", false},
@@ -312,7 +312,7 @@ func TestConvertToTable(t *testing.T) {
 	}, {
 		name:     "image with generations shows the newest",
 		obj:      imported,
-		wantRows: [][]interface{}{{"app", "quay.io/org/app:latest", true, false, head.ImageReference, headAt, "newest", "3d"}},
+		wantRows: [][]interface{}{{"app", "registry.example.com/org/app:latest", true, false, head.ImageReference, headAt, "newest", "3d"}},
 		wantRV:   "7",
 	}, {
 		name: "list",
@@ -321,7 +321,7 @@ func TestConvertToTable(t *testing.T) {
 			Items:    []tagger.Image{*imported, *bare},
 		},
 		wantRows: [][]interface{}{
-			{"app", "quay.io/org/app:latest", true, false, head.ImageReference, headAt, "newest", "3d"},
+			{"app", "registry.example.com/org/app:latest", true, false, head.ImageReference, headAt, "newest", "3d"},
 			{"bare", "nginx", false, true, "", "", "", "3d"},
 		},
 		wantRV: "12",
@@ -403,14 +403,14 @@ func TestCurrentReference(t *testing.T) {
 	}
 	// A pin to anything else is refused.
 	bad := img.DeepCopy()
-	bad.Spec.PinnedReference = "quay.io/org/app@sha256:" + strings.Repeat("f", 64)
+	bad.Spec.PinnedReference = "registry.example.com/org/app@sha256:" + strings.Repeat("f", 64)
 	s.PrepareForUpdate(ctxNS(), bad, img)
 	if errs := s.ValidateUpdate(ctxNS(), bad, img); len(errs) != 1 || errs[0].Field != "spec.pinnedReference" {
 		t.Errorf("pin to a digest that is no generation: %v", errs)
 	}
 	// A status write keeps the pin current.
 	next := pinned.DeepCopy()
-	AddGeneration(next, tagger.HashReference{From: "x", ImportedAt: metav1.Now(), ImageReference: "quay.io/org/app@sha256:" + strings.Repeat("e", 64)})
+	AddGeneration(next, tagger.HashReference{From: "x", ImportedAt: metav1.Now(), ImageReference: "registry.example.com/org/app@sha256:" + strings.Repeat("e", 64)})
 	st.PrepareForUpdate(ctxNS(), next, pinned)
 	if next.Status.CurrentReference != refs[1].ImageReference {
 		t.Errorf("status update of a pinned image: current %q", next.Status.CurrentReference)

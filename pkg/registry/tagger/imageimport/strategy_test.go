@@ -39,7 +39,7 @@ import (
 
 var strategyTestTime = metav1.NewTime(time.Date(2026, 10, 1, 12, 0, 0, 0, time.UTC))
 
-const strategyTestRef = "quay.io/org/app@sha256:4bcdffd70da292293d059d2435c7056711fab2655f8b74f48ad0abe042b63687"
+const strategyTestRef = "registry.example.com/org/app@sha256:4bcdffd70da292293d059d2435c7056711fab2655f8b74f48ad0abe042b63687"
 
 // strategyTestImport returns a finished, successful ImageImport.
 func strategyTestImport() *tagger.ImageImport {
@@ -52,10 +52,10 @@ func strategyTestImport() *tagger.ImageImport {
 			Labels:          map[string]string{"team": "a"},
 			Annotations:     map[string]string{"note": "old"},
 		},
-		Spec: tagger.ImageImportSpec{TargetImage: "app", From: "quay.io/org/app:latest", Mirror: ptr.To(true)},
+		Spec: tagger.ImageImportSpec{TargetImage: "app", From: "registry.example.com/org/app:latest", Mirror: ptr.To(true)},
 		Status: tagger.ImageImportStatus{
 			HashReference: &tagger.HashReference{
-				From:           "quay.io/org/app:latest",
+				From:           "registry.example.com/org/app:latest",
 				ImportedAt:     strategyTestTime,
 				ImageReference: strategyTestRef,
 			},

@@ -66,15 +66,15 @@ func newStorage(t *testing.T) (*REST, *StatusREST) {
 func validImage() *tagger.Image {
 	return &tagger.Image{
 		ObjectMeta: metav1.ObjectMeta{Name: "foo", Namespace: metav1.NamespaceDefault},
-		Spec:       tagger.ImageSpec{From: "quay.io/org/app:latest"},
+		Spec:       tagger.ImageSpec{From: "registry.example.com/org/app:latest"},
 	}
 }
 
 func hashRef(i int, at time.Time) tagger.HashReference {
 	return tagger.HashReference{
-		From:           "quay.io/org/app:latest",
+		From:           "registry.example.com/org/app:latest",
 		ImportedAt:     metav1.NewTime(at),
-		ImageReference: fmt.Sprintf("quay.io/org/app@sha256:%064x", i),
+		ImageReference: fmt.Sprintf("registry.example.com/org/app@sha256:%064x", i),
 	}
 }
 
@@ -119,7 +119,7 @@ func TestUpdate(t *testing.T) {
 		},
 		func(obj runtime.Object) runtime.Object {
 			img := obj.(*tagger.Image)
-			img.Spec.From = "quay.io/org/app:bad tag"
+			img.Spec.From = "registry.example.com/org/app:bad tag"
 			return img
 		},
 	)
@@ -157,7 +157,7 @@ func TestWatch(t *testing.T) {
 		// matching fields
 		[]fields.Set{
 			{"metadata.name": "foo"},
-			{"spec.from": "quay.io/org/app:latest"},
+			{"spec.from": "registry.example.com/org/app:latest"},
 		},
 		// not matching fields
 		[]fields.Set{
@@ -287,7 +287,7 @@ func TestStatusUpdate(t *testing.T) {
 
 	// The status endpoint validates the status.
 	bad := stored.DeepCopy()
-	bad.Status.HashReferences[0].ImageReference = "quay.io/org/app:latest"
+	bad.Status.HashReferences[0].ImageReference = "registry.example.com/org/app:latest"
 	if _, err := updateStatus(ctx, status, bad); !apierrors.IsInvalid(err) {
 		t.Errorf("status update with a tag reference: err = %v, want Invalid", err)
 	}
