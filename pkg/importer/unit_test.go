@@ -58,7 +58,7 @@ func TestPolicy(t *testing.T) {
 		"metadata.internal":    {"169.254.169.254"},
 		"sneaky.example.com":   {"10.0.0.5", "fd00:ec2::254"},
 		"mapped.example.com":   {"::ffff:169.254.1.1"},
-		"registry.example.com":              {"3.3.3.3"},
+		"registry.example.com": {"3.3.3.3"},
 		"registry-1.docker.io": {"4.4.4.4"},
 		"a.corp.example":       {"10.1.2.3"},
 		"b.corp.example":       {"10.1.2.4", "8.8.8.8"},
