@@ -76,8 +76,6 @@ type CompletedConfig struct {
 // TaggerServer is the Tagger API server.
 type TaggerServer struct {
 	GenericAPIServer *genericapiserver.GenericAPIServer
-	// Imports is the imageimports storage; tests wait on its background work.
-	Imports *imageimport.REST
 }
 
 // LongRunning names the subresources that stream and so are not cut at the
@@ -149,7 +147,7 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		go imports.ResumeLoop(hookCtx)
 		return nil
 	})
-	return &TaggerServer{GenericAPIServer: gs, Imports: imports}, nil
+	return &TaggerServer{GenericAPIServer: gs}, nil
 }
 
 // registryImages reads Images for the pod webhook straight from storage.

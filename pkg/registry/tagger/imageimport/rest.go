@@ -444,8 +444,5 @@ func (r *REST) RecordPush(ctx context.Context, ii *tagger.ImageImport) (*tagger.
 	return created, nil
 }
 
-// Wait blocks until the background imports have ended; tests use it.
-func (r *REST) Wait() { r.wg.Wait() }
-
 // StatusREST implements the imageimports/status subresource.
 type StatusREST = status.REST
