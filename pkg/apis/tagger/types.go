@@ -19,22 +19,42 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
+// The limits, condition types, reasons and annotations of the API. They are
+// re-exported by v1beta1 so clients use constants, not strings.
 const (
 	// MaxHashReferences is how many generations an Image keeps.
 	MaxHashReferences = 25
 	// MaxImportAttempts is how many times an ImageImport tries before giving up.
 	MaxImportAttempts = 10
+	// MaxReasonLength bounds every attempt reason and condition message the
+	// server writes, so a registry's long answer can never make a status
+	// invalid.
+	MaxReasonLength = 1024
 
-	// ConditionImported is the ImageImport condition that reports the outcome.
+	// ConditionImported reports the outcome of an ImageImport: True once
+	// imported; False with ReasonProgressing while it runs, or with
+	// ReasonNoMoreAttempts once it failed for good.
 	ConditionImported = "Imported"
+	// ConditionFailed is True once an ImageImport failed for good, so
+	// "kubectl wait --for=condition=Failed" can wait for a failure the way
+	// "--for=condition=Imported" waits for a success. It is absent otherwise.
+	ConditionFailed = "Failed"
 	// ReasonImageImported marks a successful import.
 	ReasonImageImported = "ImageImported"
-	// ReasonProgressing marks a failed attempt with attempts left.
+	// ReasonProgressing marks an import that still runs.
 	ReasonProgressing = "Progressing"
-	// ReasonNoMoreAttempts marks an import that failed for good.
+	// ReasonNoMoreAttempts marks an import that failed for good: its last
+	// attempt failed, or its error cannot be cured by retrying.
 	ReasonNoMoreAttempts = "NoMoreAttempts"
 	// ReasonImagePushed marks the record of a push through images/push.
 	ReasonImagePushed = "ImagePushed"
+
+	// AnnotationImportRunner names the server that runs a Progressing
+	// ImageImport; AnnotationImportRenewed is when that server last said it
+	// still runs it (RFC 3339). A record not renewed for a while is taken
+	// over by another server.
+	AnnotationImportRunner  = "tagger.dev/import-runner"
+	AnnotationImportRenewed = "tagger.dev/import-renewed"
 )
 
 // +genclient
@@ -69,7 +89,10 @@ type ImageStatus struct {
 
 // HashReference is one generation of an Image.
 type HashReference struct {
-	From           string
+	From string
+	// ResolvedAt is when the registry answered the digest; generations
+	// are ordered by it. Zero in records written before it existed.
+	ResolvedAt     metav1.Time
 	ImportedAt     metav1.Time
 	ImageReference string
 }

@@ -2792,9 +2792,15 @@ func schema_pkg_apis_tagger_v1beta1_HashReference(ref common.ReferenceCallback) 
 							Format:      "",
 						},
 					},
+					"resolvedAt": {
+						SchemaProps: spec.SchemaProps{
+							Description: "ResolvedAt is when the registry answered the digest for From (the manifest HEAD or GET of the import, or the manifest PUT of a push). Generations are ordered by it, newest first: a slow import that resolved before a fast one is older, whichever finishes last. Records written before this field existed order by importedAt.",
+							Ref:         ref(v1.Time{}.OpenAPIModelName()),
+						},
+					},
 					"importedAt": {
 						SchemaProps: spec.SchemaProps{
-							Description: "ImportedAt is when the generation was imported.",
+							Description: "ImportedAt is when the generation was recorded (the import, mirror copy included, finished).",
 							Ref:         ref(v1.Time{}.OpenAPIModelName()),
 						},
 					},
@@ -3051,7 +3057,7 @@ func schema_pkg_apis_tagger_v1beta1_ImageImportStatus(ref common.ReferenceCallba
 							},
 						},
 						SchemaProps: spec.SchemaProps{
-							Description: "Conditions hold the \"Imported\" condition: True once imported, False with reason Progressing while attempts remain or NoMoreAttempts.",
+							Description: "Conditions hold the \"Imported\" condition (True once imported; False with reason Progressing while the import runs, NoMoreAttempts once it failed for good) and, after a failure, the \"Failed\" condition (True).",
 							Type:        []string{"array"},
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
@@ -3308,7 +3314,7 @@ func schema_pkg_apis_tagger_v1beta1_ImportAttempt(ref common.ReferenceCallback) 
 					},
 					"reason": {
 						SchemaProps: spec.SchemaProps{
-							Description: "Reason is the error the attempt failed with, as the registry said it.",
+							Description: "Reason says why the attempt failed: the registry's error code and message, never a response body, redacted and at most 1024 bytes.",
 							Type:        []string{"string"},
 							Format:      "",
 						},

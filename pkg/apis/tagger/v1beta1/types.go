@@ -81,7 +81,15 @@ type ImageStatus struct {
 type HashReference struct {
 	// From is the reference the generation was imported from, usually a tag.
 	From string `json:"from"`
-	// ImportedAt is when the generation was imported.
+	// ResolvedAt is when the registry answered the digest for From (the
+	// manifest HEAD or GET of the import, or the manifest PUT of a push).
+	// Generations are ordered by it, newest first: a slow import that
+	// resolved before a fast one is older, whichever finishes last. Records
+	// written before this field existed order by importedAt.
+	// +optional
+	ResolvedAt metav1.Time `json:"resolvedAt,omitempty"`
+	// ImportedAt is when the generation was recorded (the import, mirror
+	// copy included, finished).
 	ImportedAt metav1.Time `json:"importedAt"`
 	// ImageReference is the digest reference ("registry/repo@sha256:...")
 	// of the generation; it points at the mirror registry when mirrored.
@@ -149,8 +157,9 @@ type ImageImportStatus struct {
 	// +optional
 	// +listType=atomic
 	ImportAttempts []ImportAttempt `json:"importAttempts,omitempty"`
-	// Conditions hold the "Imported" condition: True once imported, False
-	// with reason Progressing while attempts remain or NoMoreAttempts.
+	// Conditions hold the "Imported" condition (True once imported; False
+	// with reason Progressing while the import runs, NoMoreAttempts once it
+	// failed for good) and, after a failure, the "Failed" condition (True).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -163,7 +172,8 @@ type ImportAttempt struct {
 	When metav1.Time `json:"when"`
 	// Succeed tells whether the attempt imported the image.
 	Succeed bool `json:"succeed"`
-	// Reason is the error the attempt failed with, as the registry said it.
+	// Reason says why the attempt failed: the registry's error code and
+	// message, never a response body, redacted and at most 1024 bytes.
 	// +optional
 	Reason string `json:"reason,omitempty"`
 }

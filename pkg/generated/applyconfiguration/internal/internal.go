@@ -53,6 +53,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: importedAt
       type:
         namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
+    - name: resolvedAt
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
 - name: dev.tagger.tagger.pkg.apis.tagger.v1beta1.Image
   map:
     fields:

@@ -16,26 +16,41 @@ limitations under the License.
 package image
 
 import (
+	"time"
+
 	"tagger.dev/tagger/pkg/apis/tagger"
 )
 
-// AddGeneration puts ref at the head of the Image's history. Importing the
-// digest that is already the newest generation only refreshes its time, so a
-// tag that did not move does not push real history out of the 25 kept.
-func AddGeneration(img *tagger.Image, ref tagger.HashReference) {
+// AddGeneration puts ref into the Image's history, which is ordered by when
+// each generation was resolved (ResolvedAt; ImportedAt for records written
+// before it existed), newest first: a slow import whose tag was resolved
+// before a fast one's is older, whichever finishes last. Adding the same
+// generation twice (a resumed import recording again) changes nothing, and
+// importing the digest that is already the newest generation only refreshes
+// its times, so a tag that did not move does not push real history out of
+// the 25 kept. It reports whether the history changed.
+func AddGeneration(img *tagger.Image, ref tagger.HashReference) bool {
 	refs := img.Status.HashReferences
-	// Keep the list ordered by time even when a slow import finishes after a
-	// faster one that started later.
+	at := orderTime(ref)
+	for _, r := range refs {
+		if r.ImageReference == ref.ImageReference && orderTime(r).Equal(at) {
+			return false // this very generation is recorded already
+		}
+	}
 	pos := 0
-	for pos < len(refs) && refs[pos].ImportedAt.After(ref.ImportedAt.Time) {
+	for pos < len(refs) && orderTime(refs[pos]).After(at) {
 		pos++
 	}
 	if pos > 0 && refs[pos-1].ImageReference == ref.ImageReference {
-		return // a newer entry already records this digest
+		return false // a newer entry already records this digest
 	}
 	if pos < len(refs) && refs[pos].ImageReference == ref.ImageReference {
-		refs[pos].ImportedAt, refs[pos].From = ref.ImportedAt, ref.From // the tag did not move
-		return
+		// The tag did not move.
+		refs[pos].ResolvedAt, refs[pos].ImportedAt, refs[pos].From = ref.ResolvedAt, ref.ImportedAt, ref.From
+		return true
+	}
+	if pos >= tagger.MaxHashReferences {
+		return false // older than everything kept
 	}
 	refs = append(refs, tagger.HashReference{})
 	copy(refs[pos+1:], refs[pos:])
@@ -44,4 +59,13 @@ func AddGeneration(img *tagger.Image, ref tagger.HashReference) {
 		refs = refs[:tagger.MaxHashReferences]
 	}
 	img.Status.HashReferences = refs
+	return true
+}
+
+// orderTime is the time a generation is ordered by.
+func orderTime(r tagger.HashReference) time.Time {
+	if !r.ResolvedAt.IsZero() {
+		return r.ResolvedAt.Time
+	}
+	return r.ImportedAt.Time
 }

@@ -116,6 +116,30 @@ func TestAddGeneration(t *testing.T) {
 	}
 }
 
+// TestAddGenerationByResolveTime: a slow import of A resolved before a fast
+// import of B finishes after it; B must stay newest.
+func TestAddGenerationByResolveTime(t *testing.T) {
+	b := gen(2, 20)
+	b.ResolvedAt = metav1.NewTime(base.Add(19 * time.Second))
+	a := gen(1, 30) // finished last...
+	a.ResolvedAt = metav1.NewTime(base.Add(10 * time.Second)) // ...but resolved first
+	img := &tagger.Image{}
+	AddGeneration(img, b)
+	if !AddGeneration(img, a) {
+		t.Fatal("AddGeneration(a) reported no change")
+	}
+	if diff := cmp.Diff([]tagger.HashReference{b, a}, img.Status.HashReferences); diff != "" {
+		t.Errorf("HashReferences (-want +got):\n%s", diff)
+	}
+	// Recording a again (a resumed import) changes nothing.
+	if AddGeneration(img, a) {
+		t.Error("adding the same generation twice reported a change")
+	}
+	if len(img.Status.HashReferences) != 2 {
+		t.Errorf("%d generations after adding one twice, want 2", len(img.Status.HashReferences))
+	}
+}
+
 // TestAddGenerationAnyOrder adds distinct generations in a scrambled order
 // and expects every one of them, newest first.
 func TestAddGenerationAnyOrder(t *testing.T) {

@@ -30,7 +30,14 @@ import (
 type HashReferenceApplyConfiguration struct {
 	// From is the reference the generation was imported from, usually a tag.
 	From *string `json:"from,omitempty"`
-	// ImportedAt is when the generation was imported.
+	// ResolvedAt is when the registry answered the digest for From (the
+	// manifest HEAD or GET of the import, or the manifest PUT of a push).
+	// Generations are ordered by it, newest first: a slow import that
+	// resolved before a fast one is older, whichever finishes last. Records
+	// written before this field existed order by importedAt.
+	ResolvedAt *v1.Time `json:"resolvedAt,omitempty"`
+	// ImportedAt is when the generation was recorded (the import, mirror
+	// copy included, finished).
 	ImportedAt *v1.Time `json:"importedAt,omitempty"`
 	// ImageReference is the digest reference ("registry/repo@sha256:...")
 	// of the generation; it points at the mirror registry when mirrored.
@@ -48,6 +55,14 @@ func HashReference() *HashReferenceApplyConfiguration {
 // If called multiple times, the From field is set to the value of the last call.
 func (b *HashReferenceApplyConfiguration) WithFrom(value string) *HashReferenceApplyConfiguration {
 	b.From = &value
+	return b
+}
+
+// WithResolvedAt sets the ResolvedAt field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ResolvedAt field is set to the value of the last call.
+func (b *HashReferenceApplyConfiguration) WithResolvedAt(value v1.Time) *HashReferenceApplyConfiguration {
+	b.ResolvedAt = &value
 	return b
 }
 

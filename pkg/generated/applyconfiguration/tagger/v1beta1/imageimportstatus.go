@@ -31,8 +31,9 @@ type ImageImportStatusApplyConfiguration struct {
 	HashReference *HashReferenceApplyConfiguration `json:"hashReference,omitempty"`
 	// ImportAttempts lists every attempt, oldest first, at most 10.
 	ImportAttempts []ImportAttemptApplyConfiguration `json:"importAttempts,omitempty"`
-	// Conditions hold the "Imported" condition: True once imported, False
-	// with reason Progressing while attempts remain or NoMoreAttempts.
+	// Conditions hold the "Imported" condition (True once imported; False
+	// with reason Progressing while the import runs, NoMoreAttempts once it
+	// failed for good) and, after a failure, the "Failed" condition (True).
 	Conditions []v1.ConditionApplyConfiguration `json:"conditions,omitempty"`
 }
 

@@ -31,7 +31,8 @@ type ImportAttemptApplyConfiguration struct {
 	When *v1.Time `json:"when,omitempty"`
 	// Succeed tells whether the attempt imported the image.
 	Succeed *bool `json:"succeed,omitempty"`
-	// Reason is the error the attempt failed with, as the registry said it.
+	// Reason says why the attempt failed: the registry's error code and
+	// message, never a response body, redacted and at most 1024 bytes.
 	Reason *string `json:"reason,omitempty"`
 }
 

@@ -19,11 +19,14 @@ import (
 	"context"
 	"fmt"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
 
 	"tagger.dev/tagger/pkg/apis/tagger"
+	"tagger.dev/tagger/pkg/registry/tagger/image"
 )
 
 // Registry gives the other resources of the group typed access to Images,
@@ -77,4 +80,27 @@ func (r *Registry) UpdateStatus(ctx context.Context, name string, mutate func(*t
 		return nil, err
 	}
 	return obj.(*tagger.Image), nil
+}
+
+// AddGeneration records ref in the Image name of the namespace in ctx, the
+// one rule imports and pushes share: the generation goes into the history
+// by image.AddGeneration, and an Image that does not exist yet is created
+// with spec (this generation is then its first).
+func (r *Registry) AddGeneration(ctx context.Context, name string, spec tagger.ImageSpec, ref tagger.HashReference) (*tagger.Image, error) {
+	add := func() (*tagger.Image, error) {
+		return r.UpdateStatus(ctx, name, func(img *tagger.Image) error {
+			image.AddGeneration(img, ref)
+			return nil
+		})
+	}
+	img, err := add()
+	if !apierrors.IsNotFound(err) {
+		return img, err
+	}
+	ns, _ := genericapirequest.NamespaceFrom(ctx)
+	_, err = r.Create(ctx, &tagger.Image{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: spec})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, err
+	}
+	return add()
 }

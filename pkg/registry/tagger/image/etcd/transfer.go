@@ -39,7 +39,6 @@ import (
 
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/importer"
-	"tagger.dev/tagger/pkg/registry/tagger/image"
 	"tagger.dev/tagger/pkg/registryproxy"
 )
 
@@ -402,9 +401,11 @@ func (t *transfer) putManifest(w http.ResponseWriter, req *http.Request) {
 		t.responder.Error(apierrors.NewInternalError(fmt.Errorf("tagging %s in the mirror: %s", gcTag.Ref, tagResp.Status)))
 		return
 	}
+	now := metav1.NewTime(t.deps.Clock.Now())
 	ref := tagger.HashReference{
 		From:           t.repo.Reference + ":" + t.path.Ref,
-		ImportedAt:     metav1.NewTime(t.deps.Clock.Now()),
+		ResolvedAt:     now,
+		ImportedAt:     now,
 		ImageReference: t.repo.Reference + "@" + dgst.String(),
 	}
 	if err := t.record(ctx, ref); err != nil {
@@ -418,24 +419,8 @@ func (t *transfer) putManifest(w http.ResponseWriter, req *http.Request) {
 // record adds the generation to the Image, creating the Image when this
 // push is its first, and stores the record of the push.
 func (t *transfer) record(ctx context.Context, ref tagger.HashReference) error {
-	add := func() error {
-		_, err := t.deps.Images.UpdateStatus(ctx, t.name, func(img *tagger.Image) error {
-			image.AddGeneration(img, ref)
-			return nil
-		})
-		return err
-	}
-	err := add()
-	if apierrors.IsNotFound(err) {
-		_, err = t.deps.Images.Create(ctx, &tagger.Image{
-			ObjectMeta: metav1.ObjectMeta{Name: t.name, Namespace: t.namespace},
-			Spec:       tagger.ImageSpec{From: ref.From, Mirror: true, Insecure: t.mirror.Insecure},
-		})
-		if err == nil || apierrors.IsAlreadyExists(err) {
-			err = add()
-		}
-	}
-	if err != nil {
+	spec := tagger.ImageSpec{From: ref.From, Mirror: true, Insecure: t.mirror.Insecure}
+	if _, err := t.deps.Images.AddGeneration(ctx, t.name, spec, ref); err != nil {
 		return err
 	}
 	ii := &tagger.ImageImport{
@@ -458,7 +443,7 @@ func (t *transfer) record(ctx context.Context, ref tagger.HashReference) error {
 	if u, ok := genericapirequest.UserFrom(ctx); ok && u.GetName() != "" {
 		ii.Annotations = map[string]string{PushedByAnnotation: u.GetName()}
 	}
-	_, err = t.deps.Records.RecordPush(ctx, ii)
+	_, err := t.deps.Records.RecordPush(ctx, ii)
 	return err
 }
 
