@@ -20,8 +20,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -32,6 +37,9 @@ import (
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 	"k8s.io/klog/v2"
+
+	"tagger.dev/tagger/pkg/egress"
+	"tagger.dev/tagger/pkg/redact"
 )
 
 // DefaultParallelCopies is the number of blobs copied at once per image when
@@ -77,13 +85,25 @@ type Options struct {
 }
 
 // Importer implements Interface with containers/image.
+//
+// Every connection an import makes, to the source, the mirror, token
+// servers, blob redirects or anything else containers/image opens, goes
+// through an in-process egress guard (package egress) that resolves the
+// name, checks the addresses with Options.Policy and dials only a checked
+// address. containers/image is given the guard as its proxy, so the
+// environment's HTTP_PROXY/HTTPS_PROXY/NO_PROXY are never used.
 type Importer struct {
 	opts Options
+
+	mu     sync.Mutex
+	guard  *egress.Guard
+	closed bool
 }
 
 var _ Interface = &Importer{}
 
-// New returns an Importer.
+// New returns an Importer. Its egress guard starts with the first import;
+// Close stops it.
 func New(opts Options) *Importer {
 	if opts.ParallelCopies <= 0 {
 		opts.ParallelCopies = DefaultParallelCopies
@@ -97,10 +117,69 @@ func New(opts Options) *Importer {
 	return &Importer{opts: opts}
 }
 
+// Close stops the egress guard, which ends the connections of imports still
+// running (they fail). Imports after Close fail. It is safe to call more
+// than once.
+func (i *Importer) Close() error {
+	i.mu.Lock()
+	g := i.guard
+	i.closed, i.guard = true, nil
+	i.mu.Unlock()
+	if g != nil {
+		return g.Close()
+	}
+	return nil
+}
+
+// errClosed is returned by Import after Close. It is transient: another
+// server (or this one, restarted) can run the import.
+var errClosed = errors.New("the importer is shut down")
+
+func (i *Importer) startGuard() (*egress.Guard, error) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.closed {
+		return nil, errClosed
+	}
+	if i.guard == nil {
+		g, err := egress.New(egress.Options{LookupIP: i.opts.Policy.LookupIP})
+		if err != nil {
+			return nil, err
+		}
+		i.guard = g
+	}
+	return i.guard, nil
+}
+
+// MaxRepositoryLength is the longest repository name, registry host
+// included ("registry.example.com/ns/app"), that the reference grammar of
+// distribution, and so containers/image and registries, accept.
+const MaxRepositoryLength = reference.NameTotalLengthMax
+
+// ValidateMirrorRepository returns a permanent error when repo cannot be
+// a mirror repository: it must be a repository name without tag or digest,
+// at most MaxRepositoryLength characters long.
+func ValidateMirrorRepository(repo string) error {
+	if len(repo) > MaxRepositoryLength {
+		return NewPermanent(fmt.Errorf("mirror repository name is %d characters long, registries accept at most %d (registry host included): use a shorter Image name or mirror repository prefix", len(repo), MaxRepositoryLength))
+	}
+	dst, err := reference.ParseNormalizedNamed(repo)
+	if err != nil {
+		return NewPermanent(fmt.Errorf("invalid mirror repository %q: %w", repo, err))
+	}
+	if !reference.IsNameOnly(dst) {
+		return NewPermanent(fmt.Errorf("invalid mirror repository %q: it must have neither tag nor digest", repo))
+	}
+	return nil
+}
+
 // Import implements Interface. It resolves req.From to a digest with a
 // manifest HEAD request, trying each credential in turn, and, when req.Mirror
 // is set, copies every platform of the image into the mirror without
 // changing its digest.
+//
+// Errors are classified by Permanent and described for status by Reason;
+// their text never carries the request's secrets.
 func (i *Importer) Import(ctx context.Context, req Request) (Result, error) {
 	logger := i.opts.Logger
 	if logger.GetSink() == nil {
@@ -111,9 +190,6 @@ func (i *Importer) Import(ctx context.Context, req Request) (Result, error) {
 		return Result{}, err
 	}
 	from := named.String()
-	if err := i.opts.Policy.CheckContext(ctx, from); err != nil {
-		return Result{}, err
-	}
 
 	candidates := make([]*Credential, 0, len(req.Credentials)+1)
 	for n := range req.Credentials {
@@ -125,58 +201,186 @@ func (i *Importer) Import(ctx context.Context, req Request) (Result, error) {
 		}
 	}
 	candidates = append(candidates, nil) // anonymous
+	var secrets []string
+	for _, c := range candidates {
+		secrets = append(secrets, c.Secrets()...)
+	}
+	if req.Mirror != nil {
+		secrets = append(secrets, req.Mirror.Credential.Secrets()...)
+	}
+	fail := func(op string, err error) (Result, error) {
+		return Result{}, &importError{op: op, err: err, secrets: secrets}
+	}
+	resolving := "resolving " + from
+
+	if err := i.opts.Policy.CheckContext(ctx, from); err != nil {
+		return fail(resolving, err)
+	}
+	if req.Mirror != nil {
+		if err := ValidateMirrorRepository(req.Mirror.Repository); err != nil {
+			return fail("mirroring "+from, err)
+		}
+	}
+	guard, err := i.startGuard()
+	if err != nil {
+		return fail(resolving, err)
+	}
+	src, err := i.newSession(guard, "", false)
+	if err != nil {
+		return fail(resolving, err)
+	}
+	defer src.Close()
 
 	start := time.Now()
 	var (
 		srcSys   *types.SystemContext
-		srcCred  *Credential
 		dgst     digest.Digest
 		firstErr error
 	)
 	for n, cred := range candidates {
-		sys := i.systemContext(req.Insecure, cred)
+		sys := i.systemContext(req.Insecure, cred, src)
 		d, err := resolve(ctx, sys, named)
 		if err == nil {
-			srcSys, srcCred, dgst = sys, cred, d
+			srcSys, dgst = sys, d
 			break
 		}
-		err = redact(err, secrets(cred)...)
+		err = src.explain(err)
 		if firstErr == nil {
 			// When credentials were given, the registry's reaction to
 			// the first one says more than its answer to anonymous access.
 			firstErr = err
 		}
 		if ctx.Err() != nil || !isAuthError(err) {
-			return Result{}, fmt.Errorf("resolving %s: %w", from, err)
+			return fail(resolving, err)
 		}
 		if n == len(candidates)-1 {
 			if len(candidates) > 1 {
-				return Result{}, fmt.Errorf("resolving %s: none of %d credentials nor anonymous access was accepted: %w", from, len(candidates)-1, firstErr)
+				return fail(resolving, fmt.Errorf("none of %d credentials nor anonymous access was accepted: %w", len(candidates)-1, firstErr))
 			}
-			return Result{}, fmt.Errorf("resolving %s: %w", from, err)
+			return fail(resolving, err)
 		}
-		logger.V(4).Info("Registry refused credential, trying the next", "image", from, "credential", n, "reason", err.Error())
+		logger.V(4).Info("Registry refused credential, trying the next", "image", from, "credential", n, "reason", redact.Error(err, secrets...))
 	}
+	resolvedAt := time.Now()
 	repo := reference.TrimNamed(named)
-	res := Result{From: from, Digest: dgst.String(), ImageReference: repo.Name() + "@" + dgst.String()}
-	logger.V(2).Info("Resolved image", "image", from, "digest", res.Digest, "duration", time.Since(start))
+	res := Result{From: from, Digest: dgst.String(), ImageReference: repo.Name() + "@" + dgst.String(), ResolvedAt: resolvedAt}
+	logger.V(2).Info("Resolved image", "image", from, "digest", res.Digest, "duration", resolvedAt.Sub(start))
 	if req.Mirror == nil {
 		return res, nil
 	}
 
 	start = time.Now()
-	mirrored, err := i.mirror(ctx, srcSys, repo, dgst, req.Mirror)
+	mirrored, op, err := i.mirror(ctx, guard, srcSys, src, repo, dgst, req.Mirror)
 	if err != nil {
-		return Result{}, redact(err, secrets(srcCred, req.Mirror.Credential)...)
+		return fail(op, err)
 	}
 	res.ImageReference = mirrored
 	logger.V(2).Info("Mirrored image", "image", from, "mirror", mirrored, "duration", time.Since(start))
 	return res, nil
 }
 
+// session is one import's (or one mirror's) access to the egress guard,
+// with the URLs containers/image asked it to reach, to explain refusals.
+type session struct {
+	*egress.Session
+	mu   sync.Mutex
+	urls map[string]string // host:port -> last URL, without query
+}
+
+// newSession opens a guard session checking connections with the policy.
+// mirrorHost, when set, is the configured mirror ("host[:port]"), which
+// the allow list does not apply to.
+func (i *Importer) newSession(g *egress.Guard, mirrorHost string, insecure bool) (*session, error) {
+	s := &session{urls: map[string]string{}}
+	policy := i.opts.Policy
+	own := ownHost(mirrorHost, insecure)
+	es, err := g.NewSession(func(host string, port int, addrs []netip.Addr) error {
+		err := policy.checkConn(host, port, addrs, own(host, port))
+		var pe *PolicyError
+		if errors.As(err, &pe) {
+			pe.URL = s.url(host, port)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Session = es
+	return s, nil
+}
+
+// ownHost returns whether a connection goes to the mirror's own host:port.
+// A mirror without port is reached on 443, or 80 when insecure; a mirror
+// named docker.io is served by registry-1.docker.io.
+func ownHost(mirror string, insecure bool) func(string, int) bool {
+	if mirror == "" {
+		return func(string, int) bool { return false }
+	}
+	host, port := strings.ToLower(mirror), ""
+	if h, p, err := net.SplitHostPort(mirror); err == nil {
+		host, port = strings.ToLower(h), p
+	}
+	if host == "docker.io" {
+		host = "registry-1.docker.io"
+	}
+	return func(h string, p int) bool {
+		if !strings.EqualFold(strings.Trim(h, "[]"), strings.Trim(host, "[]")) {
+			return false
+		}
+		if port != "" {
+			return port == strconv.Itoa(p)
+		}
+		return p == 443 || (insecure && p == 80)
+	}
+}
+
+// proxy is the SystemContext's DockerProxy: every request goes through the
+// session, whatever the environment says.
+func (s *session) proxy(u *url.URL) (*url.URL, error) {
+	hostport := u.Host
+	if u.Port() == "" {
+		port := "443"
+		if u.Scheme == "http" {
+			port = "80"
+		}
+		hostport = net.JoinHostPort(u.Hostname(), port)
+	}
+	clean := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}
+	s.mu.Lock()
+	s.urls[strings.ToLower(hostport)] = clean.String()
+	s.mu.Unlock()
+	return s.URL(), nil
+}
+
+func (s *session) url(host string, port int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.urls[strings.ToLower(net.JoinHostPort(host, strconv.Itoa(port)))]
+}
+
+// explain replaces containers/image's error for a connection the guard
+// refused or could not make by the guard's own: the policy's refusal, or
+// the real lookup or dial error (containers/image only sees a SOCKS reply
+// code).
+func (s *session) explain(err error) error {
+	if err == nil {
+		return nil
+	}
+	if d := s.Denied(); d != nil {
+		return d
+	}
+	if m := socksTargetRE.FindStringSubmatch(err.Error()); m != nil {
+		if f := s.Failure(m[1]); f != nil {
+			return f
+		}
+	}
+	return err
+}
+
 // systemContext returns a containers/image context that uses exactly cred
-// (nil: anonymous) and no configuration from the host.
-func (i *Importer) systemContext(insecure bool, cred *Credential) *types.SystemContext {
+// (nil: anonymous), connects only through the guard session s, and uses no
+// configuration from the host.
+func (i *Importer) systemContext(insecure bool, cred *Credential, s *session) *types.SystemContext {
 	sys := &types.SystemContext{
 		SystemRegistriesConfPath:    emptyFile,
 		SystemRegistriesConfDirPath: noSuchPath,
@@ -188,6 +392,11 @@ func (i *Importer) systemContext(insecure bool, cred *Credential) *types.SystemC
 		// auth files and credential helpers.
 		DockerAuthConfig:            &types.DockerAuthConfig{},
 		DockerInsecureSkipTLSVerify: types.OptionalBoolFalse,
+		// Every request, of every client containers/image makes for this
+		// context, goes through the egress guard; this replaces the
+		// environment's HTTP_PROXY/HTTPS_PROXY/NO_PROXY, which are never
+		// honoured.
+		DockerProxy: s.proxy,
 	}
 	if i.opts.CertDir != "" {
 		sys.DockerPerHostCertDirPath = i.opts.CertDir
@@ -233,7 +442,7 @@ func resolve(ctx context.Context, sys *types.SystemContext, named reference.Name
 		return "", err
 	}
 	if pinned && d != canonical.Digest() {
-		return "", fmt.Errorf("registry answered digest %s for %s", d, lookup)
+		return "", NewPermanent(fmt.Errorf("registry answered digest %s for %s", d, lookup))
 	}
 	return d, nil
 }
@@ -253,44 +462,58 @@ func getDigest(ctx context.Context, sys *types.SystemContext, ref types.ImageRef
 }
 
 // mirror copies repo@dgst, every platform, to m.Repository and returns the
-// mirror's digest reference.
-func (i *Importer) mirror(ctx context.Context, srcSys *types.SystemContext, repo reference.Named, dgst digest.Digest, m *Mirror) (string, error) {
+// mirror's digest reference, or the failed step and its error.
+func (i *Importer) mirror(ctx context.Context, guard *egress.Guard, srcSys *types.SystemContext, src *session, repo reference.Named, dgst digest.Digest, m *Mirror) (string, string, error) {
+	op := "mirroring " + repo.Name() + "@" + dgst.String() + " to " + m.Repository
 	dst, err := reference.ParseNormalizedNamed(m.Repository)
 	if err != nil {
-		return "", fmt.Errorf("invalid mirror repository %q: %w", m.Repository, err)
-	}
-	if !reference.IsNameOnly(dst) {
-		return "", fmt.Errorf("invalid mirror repository %q: it must have neither tag nor digest", m.Repository)
+		return "", op, NewPermanent(fmt.Errorf("invalid mirror repository %q: %w", m.Repository, err))
 	}
 	// Pushing under a tag (which also stores the manifest by digest) keeps
 	// registry garbage collection from deleting the mirrored generation.
 	dstTagged, err := reference.WithTag(dst, MirrorTag(dgst.String()))
 	if err != nil {
-		return "", err
+		return "", op, NewPermanent(err)
 	}
 	dstDigested, err := reference.WithDigest(dst, dgst)
 	if err != nil {
-		return "", err
+		return "", op, NewPermanent(err)
 	}
 	srcDigested, err := reference.WithDigest(repo, dgst)
 	if err != nil {
-		return "", err
+		return "", op, NewPermanent(err)
 	}
+	op = "mirroring " + srcDigested.String() + " to " + dstTagged.String()
 	srcRef, err := docker.NewReference(srcDigested)
 	if err != nil {
-		return "", err
+		return "", op, NewPermanent(err)
 	}
 	dstRef, err := docker.NewReference(dstTagged)
 	if err != nil {
-		return "", err
+		return "", op, NewPermanent(err)
 	}
-	dstSys := i.systemContext(m.Insecure, m.Credential)
+	// The mirror's own host:port is allowed even when the allow list does
+	// not name it (it is the configured mirror); the deny list and the
+	// always-denied networks still apply to it, and the whole policy to
+	// every other host it sends the client to.
+	dstSession, err := i.newSession(guard, reference.Domain(dst), m.Insecure)
+	if err != nil {
+		return "", op, err
+	}
+	defer dstSession.Close()
+	dstSys := i.systemContext(m.Insecure, m.Credential, dstSession)
+	explain := func(err error) error {
+		if d := src.Denied(); d != nil {
+			return d
+		}
+		return src.explain(dstSession.explain(err))
+	}
 
 	// Signature verification is the admission side's business; the copy
 	// itself must not depend on /etc/containers/policy.json.
 	policyCtx, err := signature.NewPolicyContext(&signature.Policy{Default: signature.PolicyRequirements{signature.NewPRInsecureAcceptAnything()}})
 	if err != nil {
-		return "", err
+		return "", op, err
 	}
 	defer func() { _ = policyCtx.Destroy() }()
 
@@ -305,23 +528,26 @@ func (i *Importer) mirror(ctx context.Context, srcSys *types.SystemContext, repo
 		RemoveSignatures: true,
 	})
 	if err != nil {
-		return "", fmt.Errorf("mirroring %s to %s: %w", srcDigested, dstTagged, err)
+		return "", op, explain(err)
 	}
 	got, err := manifest.Digest(pushed)
 	if err != nil {
-		return "", fmt.Errorf("mirroring %s to %s: %w", srcDigested, dstTagged, err)
+		return "", op, err
 	}
 	if got != dgst {
-		return "", fmt.Errorf("mirroring %s to %s: the mirror received a manifest with digest %s, refusing to use a rewritten image", srcDigested, dstTagged, got)
+		return "", op, NewPermanent(fmt.Errorf("the mirror received a manifest with digest %s, refusing to use a rewritten image", got))
 	}
 	// Ask the mirror itself, so a registry that rewrote what it stored is
 	// caught too.
 	check, err := docker.NewReference(dstDigested)
 	if err != nil {
-		return "", err
+		return "", op, NewPermanent(err)
 	}
-	if _, err := docker.GetDigest(ctx, dstSys, check); err != nil {
-		return "", fmt.Errorf("verifying mirrored %s: %w", dstDigested, err)
+	verifying := "verifying mirrored " + dstDigested.String()
+	if got, err := docker.GetDigest(ctx, dstSys, check); err != nil {
+		return "", verifying, explain(err)
+	} else if got != "" && got != dgst {
+		return "", verifying, NewPermanent(fmt.Errorf("the mirror serves digest %s, refusing to use a rewritten image", got))
 	}
-	return dstDigested.String(), nil
+	return dstDigested.String(), "", nil
 }

@@ -231,7 +231,12 @@ func TestMirrorLayout(t *testing.T) {
 
 	// Mirroring again uploads no blob: the mirror has them all.
 	dst.counter.reset()
-	if res2 := mustImport(t, imp, req); res2 != res {
+	res2 := mustImport(t, imp, req)
+	if !res2.ResolvedAt.After(res.ResolvedAt) {
+		t.Errorf("second import resolved at %s, not after the first (%s)", res2.ResolvedAt, res.ResolvedAt)
+	}
+	res2.ResolvedAt = res.ResolvedAt
+	if res2 != res {
 		t.Errorf("second import %+v differs from first %+v", res2, res)
 	}
 	if n := dst.counter.get("POST blobs/uploads") + dst.counter.get("PUT blobs/uploads") + dst.counter.get("PATCH blobs/uploads"); n != 0 {

@@ -20,7 +20,10 @@ limitations under the License.
 // without a registry.
 package importer
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // Credential is one set of registry credentials. Token, when set, is sent as a
 // bearer token instead of username/password.
@@ -28,6 +31,25 @@ type Credential struct {
 	Username string
 	Password string
 	Token    string
+}
+
+// Secrets returns what of c must never be shown, for redact.Message: the
+// password, the token, the "user:password" pair (whose base64 form is a
+// basic-auth header) and the user name. nil for a nil c.
+func (c *Credential) Secrets() []string {
+	if c == nil {
+		return nil
+	}
+	var out []string
+	for _, s := range []string{c.Password, c.Token, c.Username} {
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	if c.Password != "" {
+		out = append(out, c.Username+":"+c.Password)
+	}
+	return out
 }
 
 // Mirror says where, and how, an imported image is copied.
@@ -63,10 +85,16 @@ type Result struct {
 	// ImageReference is the digest reference consumers should use: the
 	// source's "repo@digest", or the mirror's when the image was mirrored.
 	ImageReference string
+	// ResolvedAt is when the source registry answered with Digest (right
+	// after the manifest HEAD or GET that produced it), not when the mirror
+	// copy ended. Generations are ordered by it: of two imports of one tag,
+	// the one that saw the tag later is newer, however long each copy took.
+	ResolvedAt time.Time
 }
 
 // Interface imports one image. Implementations must honour ctx cancellation
-// and return errors whose text is the registry's own explanation.
+// and return errors whose text is the registry's own explanation; Permanent
+// and RetryAfter classify them and Reason describes them for status.
 type Interface interface {
 	Import(ctx context.Context, req Request) (Result, error)
 }

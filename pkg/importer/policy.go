@@ -22,20 +22,50 @@ import (
 	"net"
 	"net/netip"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.podman.io/image/v5/docker/reference"
 )
 
-// DefaultDeniedNetworks are refused whatever Policy.Allow says: link-local
-// addresses, where cloud metadata services live (169.254.169.254 on most
-// clouds, fd00:ec2::254 on AWS), must never be reachable through a user's
-// import request.
+// DefaultDeniedNetworks are refused whatever Policy.Allow says, for the
+// registry named in a reference and for every connection an import makes:
+// link-local addresses, where cloud metadata services live (169.254.169.254
+// on most clouds, fd00:ec2::254 on AWS), also as NAT64 and 6to4 embed them;
+// and unspecified addresses (0.0.0.0, ::), which reach the local host and
+// so would slip past a deny list of loopback networks.
 var DefaultDeniedNetworks = []netip.Prefix{
 	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("fe80::/10"),
 	netip.MustParsePrefix("fd00:ec2::254/128"),
+	netip.MustParsePrefix("64:ff9b::a9fe:0/112"),
+	netip.MustParsePrefix("2002:a9fe::/32"),
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("::/128"),
+}
+
+// PolicyError is a refusal by the Policy: of the registry a reference
+// names (at validation, or before an import contacts anything), or of one
+// connection an import or mirror copy tried to open (a token realm, a blob
+// redirect...). It is permanent: retrying meets the same policy.
+type PolicyError struct {
+	// Subject is what was refused: "registry quay.io" or
+	// "connection to 127.0.0.1:5001".
+	Subject string
+	// Why says which rule refused it.
+	Why string
+	// URL is the request that needed the connection, without query, when
+	// known.
+	URL string
+}
+
+func (e *PolicyError) Error() string {
+	msg := e.Subject + " is not allowed: " + e.Why
+	if e.URL != "" {
+		msg += " (needed for " + e.URL + ")"
+	}
+	return msg
 }
 
 // Policy restricts the registries images may be imported from. Entries of
@@ -46,6 +76,16 @@ var DefaultDeniedNetworks = []netip.Prefix{
 // IPs and CIDRs also match the addresses the name resolves to.
 //
 // The zero Policy allows every registry except DefaultDeniedNetworks.
+//
+// An Importer enforces the Policy on every connection an import opens, not
+// only on the registry in the reference: token realms, blob redirects and
+// anything else containers/image connects to are checked by the addresses
+// they resolve to at connection time. So an Allow list must also name the
+// hosts registries send clients to, e.g. for Docker Hub "docker.io",
+// "auth.docker.io" and "production.cloudflare.docker.com"; for registries
+// that redirect blob downloads to object storage, that storage's hosts.
+// An IP:port entry ("127.0.0.1:5000") matches a name that resolves to that
+// address as well as the literal address.
 type Policy struct {
 	// Allow, when not empty, is the only set of registries allowed.
 	Allow []string
@@ -72,11 +112,12 @@ func (p Policy) Check(ref string) error {
 //
 // The check runs before any connection is made, so a DNS answer that changes
 // between the check and the connection, or a registry redirecting blob
-// downloads elsewhere, is not caught here.
+// downloads elsewhere, is not caught here: Importer checks every connection
+// again when it is made. Refusals are *PolicyError.
 func (p Policy) CheckContext(ctx context.Context, ref string) error {
 	named, err := reference.ParseNormalizedNamed(strings.TrimSpace(ref))
 	if err != nil {
-		return fmt.Errorf("invalid image reference %q: %w", ref, err)
+		return NewPermanent(fmt.Errorf("invalid image reference %q: %w", ref, err))
 	}
 	return p.checkHost(ctx, reference.Domain(named))
 }
@@ -94,24 +135,49 @@ func (p Policy) checkHost(ctx context.Context, hostport string) error {
 		// an allow list made purely of networks has to refuse here.
 		addrs = nil
 	}
+	if why := p.refusal([]string{host}, port, addrs, false); why != "" {
+		return &PolicyError{Subject: "registry " + hostport, Why: why}
+	}
+	return nil
+}
 
+// checkConn checks one connection: host as the client asked for it, the
+// port, and every address host resolved to. With skipAllow, the allow list
+// is not consulted (the configured mirror); the deny list and
+// DefaultDeniedNetworks always are.
+func (p Policy) checkConn(host string, port int, addrs []netip.Addr, skipAllow bool) error {
+	host = strings.ToLower(strings.Trim(host, "[]"))
+	names := []string{host}
+	if host == "registry-1.docker.io" || host == "index.docker.io" {
+		// What "docker.io" in a reference, and so in a policy, means.
+		names = append(names, "docker.io")
+	}
+	if why := p.refusal(names, strconv.Itoa(port), addrs, skipAllow); why != "" {
+		return &PolicyError{Subject: "connection to " + net.JoinHostPort(host, strconv.Itoa(port)), Why: why}
+	}
+	return nil
+}
+
+// refusal returns why a registry known by names (host names or literal
+// addresses, lower case) and port, resolving to addrs, is refused, or "".
+func (p Policy) refusal(names []string, port string, addrs []netip.Addr, skipAllow bool) string {
 	for _, prefix := range DefaultDeniedNetworks {
 		for _, a := range addrs {
 			if prefix.Contains(a) {
-				return fmt.Errorf("registry %s is not allowed: address %s is in the always-denied network %s (link-local/metadata)", hostport, a, prefix)
+				return fmt.Sprintf("address %s is in the always-denied network %s (link-local/metadata/unspecified)", a, prefix)
 			}
 		}
 	}
-	if entry, ok := matchAny(p.Deny, host, port, addrs, false); ok {
-		return fmt.Errorf("registry %s is not allowed: it matches deny-list entry %q", hostport, entry)
+	if entry, ok := matchAny(p.Deny, names, port, addrs, false); ok {
+		return fmt.Sprintf("it matches deny-list entry %q", entry)
 	}
-	if len(p.Allow) == 0 {
-		return nil
+	if skipAllow || len(p.Allow) == 0 {
+		return ""
 	}
-	if _, ok := matchAny(p.Allow, host, port, addrs, true); ok {
-		return nil
+	if _, ok := matchAny(p.Allow, names, port, addrs, true); ok {
+		return ""
 	}
-	return fmt.Errorf("registry %s is not allowed: it matches no allow-list entry", hostport)
+	return "it matches no allow-list entry"
 }
 
 // addrs returns host's addresses: the literal IP, or what it resolves to.
@@ -141,14 +207,17 @@ func (p Policy) addrs(ctx context.Context, host string) ([]netip.Addr, error) {
 // matchAny returns the first entry matching the registry. For an allow list
 // every address must be inside the entry's network (a name that also
 // resolves outside it is not vouched for); for a deny list one address is
-// enough.
-func matchAny(entries []string, host, port string, addrs []netip.Addr, all bool) (string, bool) {
+// enough. Host patterns match any of names.
+func matchAny(entries []string, names []string, port string, addrs []netip.Addr, all bool) (string, bool) {
 	for _, e := range entries {
 		e = strings.ToLower(strings.TrimSpace(e))
 		if e == "" {
 			continue
 		}
-		if prefix, ok := parseNetwork(e); ok {
+		if prefix, pPort, ok := parseNetwork(e); ok {
+			if pPort != "" && pPort != port {
+				continue
+			}
 			if len(addrs) == 0 {
 				continue
 			}
@@ -170,22 +239,29 @@ func matchAny(entries []string, host, port string, addrs []netip.Addr, all bool)
 		if pPort != "" && pPort != port {
 			continue
 		}
-		if hostPatternMatches(strings.Trim(pHost, "[]"), host) {
-			return e, true
+		for _, name := range names {
+			if hostPatternMatches(strings.Trim(pHost, "[]"), name) {
+				return e, true
+			}
 		}
 	}
 	return "", false
 }
 
-func parseNetwork(e string) (netip.Prefix, bool) {
+// parseNetwork parses a CIDR, an IP address, or an IP:port entry.
+func parseNetwork(e string) (netip.Prefix, string, bool) {
 	if prefix, err := netip.ParsePrefix(e); err == nil {
-		return prefix.Masked(), true
+		return prefix.Masked(), "", true
 	}
 	if a, err := netip.ParseAddr(strings.Trim(e, "[]")); err == nil {
 		a = a.Unmap()
-		return netip.PrefixFrom(a, a.BitLen()), true
+		return netip.PrefixFrom(a, a.BitLen()), "", true
 	}
-	return netip.Prefix{}, false
+	if ap, err := netip.ParseAddrPort(e); err == nil {
+		a := ap.Addr().Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), strconv.Itoa(int(ap.Port())), true
+	}
+	return netip.Prefix{}, "", false
 }
 
 func hostPatternMatches(pattern, host string) bool {

@@ -38,7 +38,7 @@ func Normalize(ref string) (string, error) {
 func parse(ref string) (reference.Named, error) {
 	named, err := reference.ParseNormalizedNamed(strings.TrimSpace(ref))
 	if err != nil {
-		return nil, fmt.Errorf("invalid image reference %q: %w", ref, err)
+		return nil, NewPermanent(fmt.Errorf("invalid image reference %q: %w", ref, err))
 	}
 	return reference.TagNameOnly(named), nil
 }

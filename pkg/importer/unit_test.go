@@ -148,21 +148,22 @@ func TestIsAuthError(t *testing.T) {
 	}
 }
 
-func TestRedact(t *testing.T) {
-	cred := &Credential{Username: "user", Password: "hunter22", Token: "tok-abcdef"}
-	inner := docker.ErrUnauthorizedForCredentials{Err: errors.New("server said: hunter22 / tok-abcdef / " + "dXNlcjpodW50ZXIyMg==")}
-	err := redact(fmt.Errorf("ctx: %w", inner), secrets(cred)...)
-	for _, s := range []string{"hunter22", "tok-abcdef", "dXNlcjpodW50ZXIyMg=="} {
-		if strings.Contains(err.Error(), s) {
-			t.Errorf("%q still contains %q", err, s)
+func TestImportErrorRedacts(t *testing.T) {
+	cred := &Credential{Username: "someuser", Password: "hunter22", Token: "tok-abcdef"}
+	inner := docker.ErrUnauthorizedForCredentials{Err: errors.New("server said: hunter22 / tok-abcdef / " + "c29tZXVzZXI6aHVudGVyMjI=" + " for someuser")}
+	err := error(&importError{op: "resolving x", err: fmt.Errorf("ctx: %w", inner), secrets: cred.Secrets()})
+	for _, text := range []string{err.Error(), Reason(err)} {
+		for _, s := range []string{"hunter22", "tok-abcdef", "c29tZXVzZXI6aHVudGVyMjI=", "someuser"} {
+			if strings.Contains(text, s) {
+				t.Errorf("%q still contains %q", text, s)
+			}
 		}
 	}
-	if !isAuthError(err) {
+	if !isAuthError(err) || !Permanent(err) {
 		t.Error("redaction lost the error's type")
 	}
-	short := errors.New("open a file")
-	if got := redact(short, "p"); got != short {
-		t.Errorf("short secrets are not redacted, got %q", got)
+	if (*Credential)(nil).Secrets() != nil {
+		t.Error("nil credential has secrets")
 	}
 }
 
