@@ -111,8 +111,8 @@ type retryAfterError struct {
 	delay time.Duration
 }
 
-func (e *retryAfterError) Error() string              { return e.err.Error() }
-func (e *retryAfterError) Unwrap() error              { return e.err }
+func (e *retryAfterError) Error() string             { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error             { return e.err }
 func (e *retryAfterError) RetryAfter() time.Duration { return e.delay }
 
 // WithRetryAfter returns err carrying a server's Retry-After delay, for
