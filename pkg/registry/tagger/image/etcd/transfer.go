@@ -39,6 +39,7 @@ import (
 
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/importer"
+	"tagger.dev/tagger/pkg/redact"
 	"tagger.dev/tagger/pkg/registryproxy"
 )
 
@@ -232,7 +233,7 @@ func (r *PushREST) Connect(ctx context.Context, name string, obj runtime.Object,
 	}
 	repo, err := r.deps.Proxy.Repository(ctx, mirror, true)
 	if err != nil {
-		return nil, apierrors.NewServiceUnavailable(redact(err, mirror.Credential).Error())
+		return nil, apierrors.NewServiceUnavailable(redact.Error(err, mirror.Credential.Secrets()...))
 	}
 	t := &transfer{deps: &r.deps, namespace: namespace, name: name, method: method, path: p, mirror: mirror, repo: repo, base: basePath(namespace, name, "push"), responder: responder}
 	return http.HandlerFunc(t.push), nil
@@ -259,7 +260,7 @@ func (r *PullREST) Connect(ctx context.Context, name string, obj runtime.Object,
 	}
 	repo, err := r.deps.Proxy.Repository(ctx, mirror, false)
 	if err != nil {
-		return nil, apierrors.NewServiceUnavailable(redact(err, mirror.Credential).Error())
+		return nil, apierrors.NewServiceUnavailable(redact.Error(err, mirror.Credential.Secrets()...))
 	}
 	t := &transfer{deps: &r.deps, namespace: namespace, name: name, method: method, path: p, mirror: mirror, repo: repo, base: basePath(namespace, name, "pull"), responder: responder, image: img}
 	return http.HandlerFunc(t.pull), nil
@@ -475,7 +476,7 @@ func (t *transfer) fail(err error) {
 	case errors.Is(err, context.Canceled):
 		t.responder.Error(apierrors.NewBadRequest("request cancelled"))
 	default:
-		t.responder.Error(apierrors.NewServiceUnavailable(fmt.Sprintf("mirror registry: %v", redact(err, t.mirror.Credential))))
+		t.responder.Error(apierrors.NewServiceUnavailable(redact.Message("mirror registry: "+err.Error(), t.mirror.Credential.Secrets()...)))
 	}
 }
 
@@ -509,18 +510,4 @@ func rangeEnd(r string) int64 {
 		return -1
 	}
 	return n
-}
-
-// redact keeps mirror secrets out of errors.
-func redact(err error, cred *importer.Credential) error {
-	if cred == nil || err == nil {
-		return err
-	}
-	msg := err.Error()
-	for _, s := range []string{cred.Password, cred.Token} {
-		if len(s) >= 4 {
-			msg = strings.ReplaceAll(msg, s, "<redacted>")
-		}
-	}
-	return errors.New(msg)
 }
