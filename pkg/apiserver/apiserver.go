@@ -19,18 +19,25 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/apimachinery/pkg/util/wait"
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/rest"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	genericfilters "k8s.io/apiserver/pkg/server/filters"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
 
 	"tagger.dev/tagger/pkg/admission/podimages"
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
 	"tagger.dev/tagger/pkg/apiserver/scheme"
+	"tagger.dev/tagger/pkg/controller/imports"
+	"tagger.dev/tagger/pkg/generated/clientset/versioned"
+	taggerinformers "tagger.dev/tagger/pkg/generated/informers/externalversions"
 	"tagger.dev/tagger/pkg/importer"
 	imageetcd "tagger.dev/tagger/pkg/registry/tagger/image/etcd"
 	"tagger.dev/tagger/pkg/registry/tagger/imageimport"
@@ -42,19 +49,47 @@ type ExtraConfig struct {
 	Importer importer.Interface
 	// Sources resolves credentials and mirrors; it is started, if it has
 	// anything to start, by the caller.
-	Sources imageimport.Sources
+	Sources Sources
 	// Policy refuses source registries; nil allows all.
 	Policy imageimport.SourcePolicy
 	// Recorder receives import events.
 	Recorder record.EventRecorder
-	// ImportOptions tunes attempts and timeouts; its dependencies are filled in by New.
-	ImportOptions imageimport.Deps
+	// ImportOptions tunes imports.
+	ImportOptions ImportOptions
 	// MaxPushBytes bounds each blob and manifest pushed through images/push;
 	// 0 means imageetcd.DefaultMaxPushBytes.
 	MaxPushBytes int64
 	// PodWebhook, when set, is served at podimages.Path; New fills in its
 	// Images (and its Mirrors when unset).
 	PodWebhook *podimages.Handler
+}
+
+// Sources tells imports and pushes which credentials and mirror to use.
+type Sources interface {
+	imports.Sources
+	imageetcd.MirrorSource
+}
+
+// ImportOptions tune the create of ImageImports and the import controller.
+type ImportOptions struct {
+	// Identity names this server in the records it runs; servers sharing
+	// an etcd need different ones. A server restarting under the same
+	// identity resumes its interrupted imports at once.
+	Identity string
+	// SyncTimeout bounds how long a create waits for its import; 0 means
+	// imageimport.DefaultSyncTimeout.
+	SyncTimeout time.Duration
+	// Timeout bounds an import from its creation, all attempts included.
+	Timeout time.Duration
+	// Backoff spaces attempts after transient errors.
+	Backoff wait.Backoff
+	// RenewInterval and ResumeAfter: how often a runner renews its claim,
+	// and how long an unrenewed claim holds before another server resumes
+	// the import.
+	RenewInterval, ResumeAfter time.Duration
+	// KeepClaimsOnStop makes a stopping server leave its imports claimed,
+	// as a crash would (tests).
+	KeepClaimsOnStop bool
 }
 
 // Config is the whole configuration of a Tagger API server.
@@ -100,22 +135,43 @@ func (c completedConfig) New() (*TaggerServer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("images storage: %w", err)
 	}
-	deps := c.ExtraConfig.ImportOptions
-	deps.Importer = c.ExtraConfig.Importer
 	imageRegistry := imageetcd.NewRegistry(images, imageStatus)
-	deps.Images = imageRegistry
-	deps.Sources = c.ExtraConfig.Sources
-	deps.Policy = c.ExtraConfig.Policy
-	deps.Recorder = c.ExtraConfig.Recorder
-	imports, importStatus, err := imageimport.NewREST(scheme.Scheme, optsGetter, deps)
+	io := c.ExtraConfig.ImportOptions
+	imageImports, importStatus, err := imageimport.NewREST(scheme.Scheme, optsGetter, imageimport.Deps{
+		Images:      imageRegistry,
+		Policy:      c.ExtraConfig.Policy,
+		Recorder:    c.ExtraConfig.Recorder,
+		SyncTimeout: io.SyncTimeout,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("imageimports storage: %w", err)
 	}
+	identity := io.Identity
+	if identity == "" {
+		identity, _ = os.Hostname()
+	}
+	controller, err := imports.New(imports.Config{
+		Identity:         identity,
+		Importer:         c.ExtraConfig.Importer,
+		Records:          imageImports,
+		Images:           addGeneration{imageRegistry},
+		Sources:          c.ExtraConfig.Sources,
+		Recorder:         c.ExtraConfig.Recorder,
+		Backoff:          io.Backoff,
+		Timeout:          io.Timeout,
+		RenewInterval:    io.RenewInterval,
+		ResumeAfter:      io.ResumeAfter,
+		KeepClaimsOnStop: io.KeepClaimsOnStop,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("import controller: %w", err)
+	}
+	imageImports.SetRunner(controller)
 
 	push, pull, err := imageetcd.NewTransferREST(imageetcd.TransferDeps{
 		Images:       imageRegistry,
 		Mirrors:      c.ExtraConfig.Sources,
-		Records:      imports,
+		Records:      imageImports,
 		MaxPushBytes: c.ExtraConfig.MaxPushBytes,
 	})
 	if err != nil {
@@ -128,7 +184,7 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		"images/status":       imageStatus,
 		"images/push":         push,
 		"images/pull":         pull,
-		"imageimports":        imports,
+		"imageimports":        imageImports,
 		"imageimports/status": importStatus,
 	}
 	if err := gs.InstallAPIGroup(&info); err != nil {
@@ -143,11 +199,37 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		gs.Handler.NonGoRestfulMux.Handle(podimages.Path, h)
 	}
 
-	gs.AddPostStartHookOrDie("tagger-resume-imports", func(hookCtx genericapiserver.PostStartHookContext) error {
-		go imports.ResumeLoop(hookCtx)
+	gs.AddPostStartHookOrDie("tagger-import-controller", func(hookCtx genericapiserver.PostStartHookContext) error {
+		client, err := versioned.NewForConfig(hookCtx.LoopbackClientConfig)
+		if err != nil {
+			return err
+		}
+		factory := taggerinformers.NewSharedInformerFactory(client, 10*time.Minute)
+		if err := controller.Watch(factory.Tagger().V1beta1().ImageImports()); err != nil {
+			return err
+		}
+		factory.Start(hookCtx.Done())
+		go func() {
+			if err := controller.Run(hookCtx, 2); err != nil {
+				klog.ErrorS(err, "Import controller stopped")
+			}
+		}()
+		return nil
+	})
+	// Imports stop, their records released, before storage goes away.
+	gs.AddPreShutdownHookOrDie("tagger-import-controller", func() error {
+		controller.Stop()
 		return nil
 	})
 	return &TaggerServer{GenericAPIServer: gs}, nil
+}
+
+// addGeneration gives the import controller the Images' create-or-append.
+type addGeneration struct{ r *imageetcd.Registry }
+
+func (a addGeneration) AddGeneration(ctx context.Context, namespace, name string, spec tagger.ImageSpec, ref tagger.HashReference) error {
+	_, err := a.r.AddGeneration(genericapirequest.WithNamespace(ctx, namespace), name, spec, ref)
+	return err
 }
 
 // registryImages reads Images for the pod webhook straight from storage.

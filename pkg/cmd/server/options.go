@@ -68,6 +68,9 @@ type Options struct {
 	ImportSyncTimeout time.Duration
 	// ImportTimeout bounds a whole import, background part included.
 	ImportTimeout time.Duration
+	// ImportIdentity names this server in the imports it runs; empty means
+	// the host name (the pod name in a cluster), "local" in local mode.
+	ImportIdentity string
 	// MaxPushBytes bounds each blob and manifest pushed through images/push.
 	MaxPushBytes resource.Quantity
 
@@ -88,7 +91,7 @@ func NewOptions() *Options {
 		LocalDir:             ".tagger",
 		LocalRegistryAddress: "127.0.0.1:5000",
 		Namespace:            os.Getenv("POD_NAMESPACE"),
-		ImportSyncTimeout:    50 * time.Second,
+		ImportSyncTimeout:    33 * time.Second,
 		ImportTimeout:        30 * time.Minute,
 		MaxPushBytes:         resource.MustParse("10Gi"),
 		LeaderElection: rollout.LeaderElection{
@@ -116,8 +119,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.AuthFile, "auth-file", o.AuthFile, "A docker config.json or containers auth.json with credentials for source registries (for local mode, which has no Secrets).")
 	fs.StringSliceVar(&o.AllowedRegistries, "allowed-registries", o.AllowedRegistries, "If set, the only source registries imports may use: host, host:port, *.domain, IP or CIDR.")
 	fs.StringSliceVar(&o.DeniedRegistries, "denied-registries", o.DeniedRegistries, "Source registries imports may not use, besides link-local and metadata addresses, which are always refused.")
-	fs.DurationVar(&o.ImportSyncTimeout, "import-sync-timeout", o.ImportSyncTimeout, "How long creating an ImageImport waits for the import before answering with it Progressing; also bounded by the request deadline.")
+	fs.DurationVar(&o.ImportSyncTimeout, "import-sync-timeout", o.ImportSyncTimeout, "How long creating an ImageImport waits for its import before answering with it Progressing (the import goes on; \"kubectl wait\" follows it). It can shorten the wait, not lengthen it: k8s.io/apiserver ends every create at 34 s, so 33s is the most a create can wait.")
 	fs.DurationVar(&o.ImportTimeout, "import-timeout", o.ImportTimeout, "Upper bound of one import, all attempts included.")
+	fs.StringVar(&o.ImportIdentity, "import-identity", o.ImportIdentity, "Name of this server in the ImageImports it runs (replicas sharing an etcd need different ones); empty means the host name, \"local\" in local mode. A server restarting under the same name resumes its interrupted imports at once; others wait until the claim is 2 minutes old.")
 	fs.BoolVar(&o.EnablePodWebhook, "enable-pod-webhook", o.EnablePodWebhook, "Serve the pod admission webhook at "+podimages.Path+": pods of opted-in namespaces (label "+podimages.NamespaceLabel+"="+podimages.NamespaceLabelValue+") that name an Image get its current digest reference. Cluster mode only.")
 	fs.BoolVar(&o.EnableRollout, "enable-rollout", o.EnableRollout, "Roll out Deployments, StatefulSets and DaemonSets annotated "+rollout.FollowAnnotation+`: "true" when the current generation of an Image their pods use changes; one replica at a time, elected through a Lease. Cluster mode only.`)
 	fs.StringVar(&o.LeaderElection.Name, "leader-elect-resource-name", o.LeaderElection.Name, "Name of the coordination.k8s.io Lease, in --namespace, that elects the replica running the rollout controller.")

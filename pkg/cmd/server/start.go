@@ -53,7 +53,6 @@ import (
 	"tagger.dev/tagger/pkg/importer"
 	"tagger.dev/tagger/pkg/localmode"
 	"tagger.dev/tagger/pkg/localregistry"
-	"tagger.dev/tagger/pkg/registry/tagger/imageimport"
 	"tagger.dev/tagger/pkg/rollout"
 	"tagger.dev/tagger/pkg/sources"
 )
@@ -200,9 +199,10 @@ func (o *Options) Config() (*apiserver.Config, error) {
 		Importer:     importer.New(importer.Options{Policy: policy}),
 		Policy:       policy,
 		MaxPushBytes: o.MaxPushBytes.Value(),
-		ImportOptions: imageimport.Deps{
-			SyncTimeout:       o.ImportSyncTimeout,
-			BackgroundTimeout: o.ImportTimeout,
+		ImportOptions: apiserver.ImportOptions{
+			Identity:    o.ImportIdentity,
+			SyncTimeout: o.ImportSyncTimeout,
+			Timeout:     o.ImportTimeout,
 		},
 	}
 	broadcaster := record.NewBroadcaster()
@@ -228,6 +228,11 @@ func (o *Options) Config() (*apiserver.Config, error) {
 			return nil, err
 		}
 		extra.Sources = &sources.Local{AuthFile: o.AuthFile, MirrorConfig: o.LocalMirror}
+		if extra.ImportOptions.Identity == "" {
+			// The only server of its etcd: after a restart it resumes
+			// what it ran at once.
+			extra.ImportOptions.Identity = "local"
+		}
 		return &apiserver.Config{GenericConfig: gc, ExtraConfig: extra}, nil
 	}
 

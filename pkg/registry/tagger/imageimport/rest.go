@@ -19,45 +19,32 @@ package imageimport
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"k8s.io/apimachinery/pkg/util/wait"
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
 	"k8s.io/apiserver/pkg/registry/rest"
+	"k8s.io/apiserver/pkg/warning"
 	"k8s.io/client-go/tools/record"
-	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 
+	"go.podman.io/image/v5/docker/reference"
+
 	"tagger.dev/tagger/pkg/apis/tagger"
-	"tagger.dev/tagger/pkg/importer"
+	"tagger.dev/tagger/pkg/controller/imports"
 	"tagger.dev/tagger/pkg/registry/status"
 )
 
 // Images is what an import needs of the images resource.
 type Images interface {
 	Get(ctx context.Context, name string) (*tagger.Image, error)
-	Create(ctx context.Context, img *tagger.Image) (*tagger.Image, error)
-	UpdateStatus(ctx context.Context, name string, mutate func(*tagger.Image) error) (*tagger.Image, error)
-}
-
-// Sources tells an import which credentials and which mirror to use.
-type Sources interface {
-	// Credentials returns the credentials to try for from, read from the
-	// namespace's pull secrets, best match first.
-	Credentials(namespace, from string) ([]importer.Credential, error)
-	// Mirror returns where the Image namespace/name is mirrored, or an error
-	// that tells the user how to configure a mirror.
-	Mirror(ctx context.Context, namespace, name string) (*importer.Mirror, error)
 }
 
 // SourcePolicy refuses source registries an administrator has not allowed.
@@ -65,51 +52,46 @@ type SourcePolicy interface {
 	Check(ref string) error
 }
 
-// Deps are what ImageImport storage needs besides etcd.
-type Deps struct {
-	Importer importer.Interface
-	Images   Images
-	Sources  Sources
-	// Policy, when set, is checked before any request reaches a registry.
-	Policy SourcePolicy
-	// Recorder receives an event per finished import.
-	Recorder record.EventRecorder
-	// Backoff spaces the attempts; Steps is ignored (there are always 10).
-	Backoff wait.Backoff
-	// SyncTimeout bounds how long a create waits for the import before it
-	// stores the ImageImport as Progressing and finishes in the background.
-	// It is further bounded by the request's own deadline.
-	SyncTimeout time.Duration
-	// BackgroundTimeout bounds a whole import, all attempts included.
-	BackgroundTimeout time.Duration
-	// ResumeAfter is how long an import may stay Progressing without any
-	// write before a server that does not run it takes it over.
-	ResumeAfter time.Duration
-	// ResumeInterval is how often servers look for such imports.
-	ResumeInterval time.Duration
-	Clock          clock.Clock
+// Runner runs the imports whose records Create reserved.
+type Runner interface {
+	// Identity is what Create writes as the record's runner.
+	Identity() string
+	// Start runs the import of a reserved record.
+	Start(rec *tagger.ImageImport) *imports.Run
 }
 
-// deadlineMargin is left between the end of the synchronous wait and the
-// request deadline, for storing the record and writing the response.
-const deadlineMargin = 3 * time.Second
+// Deps are what ImageImport storage needs besides etcd.
+type Deps struct {
+	Images Images
+	// Runner runs imports; Create waits for it a bounded time.
+	Runner Runner
+	// Policy, when set, refuses a source at validation (422 on spec.from);
+	// the importer enforces it again on every connection.
+	Policy SourcePolicy
+	// Recorder receives an event per push record.
+	Recorder record.EventRecorder
+	// SyncTimeout bounds how long a create waits for the import before it
+	// answers with the record Progressing. The request's own deadline
+	// bounds it too: k8s.io/apiserver cuts a create at 34 s.
+	SyncTimeout time.Duration
+	Clock       clock.Clock
+}
+
+// DefaultSyncTimeout is how long a create waits for its import by default:
+// all a create gets, as k8s.io/apiserver's create handler bounds a create's
+// context at 34 s (endpoints/handlers/create.go) whatever the client asked.
+const DefaultSyncTimeout = 33 * time.Second
+
+// answerMargin is kept between the end of the wait and the request's
+// deadline, to write the answer (the record is stored already).
+const answerMargin = 500 * time.Millisecond
 
 // REST implements the imageimports resource.
 type REST struct {
 	*genericregistry.Store
-	// internal stores records without clearing the status the import wrote.
+	// internal stores records with the status and claim Tagger writes.
 	internal *genericregistry.Store
-	status   *genericregistry.Store
 	deps     Deps
-
-	// ctx lives as long as the server: background imports stop with it and
-	// stay Progressing, for the next start to resume.
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	runningMu sync.Mutex
-	running   map[string]bool // namespace/name of the imports this server runs
 }
 
 var (
@@ -118,10 +100,11 @@ var (
 	_ rest.CategoriesProvider = &REST{}
 )
 
-// NewREST returns the storage of imageimports and imageimports/status.
+// NewREST returns the storage of imageimports and imageimports/status. Its
+// Runner may be set later, with SetRunner, before the server serves.
 func NewREST(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter, deps Deps) (*REST, *StatusREST, error) {
-	if deps.Importer == nil || deps.Images == nil || deps.Sources == nil {
-		return nil, nil, fmt.Errorf("imageimport storage needs an importer, images and sources")
+	if deps.Images == nil {
+		return nil, nil, fmt.Errorf("imageimport storage needs images")
 	}
 	if deps.Clock == nil {
 		deps.Clock = clock.RealClock{}
@@ -130,25 +113,7 @@ func NewREST(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter, deps 
 		deps.Recorder = &record.FakeRecorder{}
 	}
 	if deps.SyncTimeout <= 0 {
-		deps.SyncTimeout = 50 * time.Second
-	}
-	if deps.BackgroundTimeout <= 0 {
-		deps.BackgroundTimeout = 30 * time.Minute
-	}
-	if deps.ResumeAfter <= 0 {
-		// Longer than any pause between two attempts' status writes, so a
-		// replica never takes over an import another one still runs, unless a
-		// single attempt (a mirror copy) runs longer; running it twice is
-		// harmless, the digest is the same.
-		deps.ResumeAfter = 5 * time.Minute
-	}
-	if deps.ResumeInterval <= 0 {
-		deps.ResumeInterval = time.Minute
-	}
-	if deps.Backoff.Duration <= 0 {
-		// Ten attempts take about 35 s of waiting, so an import that fails
-		// fast still reports NoMoreAttempts inside kube-apiserver's 60 s.
-		deps.Backoff = wait.Backoff{Duration: 500 * time.Millisecond, Factor: 1.5, Jitter: 0.1, Cap: 10 * time.Second}
+		deps.SyncTimeout = DefaultSyncTimeout
 	}
 
 	strategy := NewStrategy(scheme)
@@ -172,18 +137,33 @@ func NewREST(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter, deps 
 
 	internal := *store
 	internal.CreateStrategy = recordStrategy{strategy}
+	internal.UpdateStrategy = recordStrategy{strategy}
 
 	statusREST := status.NewREST(store, NewStatusStrategy(scheme))
-	r := &REST{Store: store, internal: &internal, status: statusREST.Store(), deps: deps}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.running = map[string]bool{}
-	return r, statusREST, nil
+	return &REST{Store: store, internal: &internal, deps: deps}, statusREST, nil
 }
 
-// recordStrategy stores an ImageImport as the import left it.
+// SetRunner sets the runner of imports; the controller that runs them needs
+// this storage first.
+func (r *REST) SetRunner(runner Runner) { r.deps.Runner = runner }
+
+// recordStrategy stores an ImageImport as Tagger wrote it: status and the
+// claim annotations included, spec and the rest of metadata as stored.
 type recordStrategy struct{ importStrategy }
 
 func (recordStrategy) PrepareForCreate(ctx context.Context, obj runtime.Object) {}
+
+func (recordStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Object) {
+	ii, oldII := obj.(*tagger.ImageImport), old.(*tagger.ImageImport)
+	ii.Spec = oldII.Spec
+	ii.Labels = oldII.Labels
+	ii.Finalizers = oldII.Finalizers
+	ii.OwnerReferences = oldII.OwnerReferences
+}
+
+func (recordStrategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
+	return importStatusStrategy{}.ValidateUpdate(ctx, obj, old)
+}
 
 // ShortNames implements rest.ShortNamesProvider.
 func (r *REST) ShortNames() []string { return []string{"ii"} }
@@ -191,70 +171,24 @@ func (r *REST) ShortNames() []string { return []string{"ii"} }
 // Categories implements rest.CategoriesProvider.
 func (r *REST) Categories() []string { return []string{"tagger"} }
 
-// Destroy implements rest.Storage: it stops background imports, leaving
-// them Progressing, and waits for them to end.
-func (r *REST) Destroy() {
-	r.runningMu.Lock()
-	r.cancel() // under the lock: start adds to wg only before this
-	r.runningMu.Unlock()
-	r.wg.Wait()
-	r.Store.Destroy()
-}
-
-// start runs j in the background, from attempt number first on.
-func (r *REST) start(j *job, first int) {
-	key := j.namespace + "/" + j.ii.Name
-	r.runningMu.Lock()
-	if r.ctx.Err() != nil {
-		// Stopping: the job ends at once, its record stays Progressing and
-		// is resumed by a server that runs.
-		r.runningMu.Unlock()
-		j.abandon()
-		return
-	}
-	r.running[key] = true
-	r.wg.Add(1)
-	r.runningMu.Unlock()
-	go func() {
-		defer r.wg.Done()
-		defer func() {
-			r.runningMu.Lock()
-			delete(r.running, key)
-			r.runningMu.Unlock()
-		}()
-		ctx, cancel := context.WithTimeout(r.ctx, r.deps.BackgroundTimeout)
-		defer cancel()
-		j.run(ctx, first)
-	}()
-}
-
-// Create runs the import and then stores the ImageImport with its outcome.
-// An import that outlasts the request is stored as Progressing and finishes
-// in the background, writing its outcome into the stored status.
+// Create reserves the record first (a name taken answers 409 and leaves no
+// trace: nothing is imported, no Image written, no event), then hands the
+// import to the runner and waits for its outcome a bounded time. An import
+// that outlasts the wait is answered Progressing and goes on.
 func (r *REST) Create(ctx context.Context, obj runtime.Object, createValidation rest.ValidateObjectFunc, options *metav1.CreateOptions) (runtime.Object, error) {
 	ii, ok := obj.(*tagger.ImageImport)
 	if !ok {
 		return nil, apierrors.NewBadRequest(fmt.Sprintf("not an ImageImport: %T", obj))
 	}
-	// The name is needed before the record exists: the import is logged and,
-	// if it outlasts the request, stored under it.
-	rest.FillObjectMetaSystemFields(ii)
-	if ii.GenerateName != "" && ii.Name == "" {
-		ii.Name = r.Store.CreateStrategy.GenerateName(ii.GenerateName)
+	if r.deps.Runner == nil {
+		return nil, apierrors.NewServiceUnavailable("imports are not running yet")
 	}
+	rest.FillObjectMetaSystemFields(ii)
 	if err := rest.BeforeCreate(r.Store.CreateStrategy, ctx, obj); err != nil {
 		return nil, err
 	}
 	if createValidation != nil {
 		if err := createValidation(ctx, obj.DeepCopyObject()); err != nil {
-			return nil, err
-		}
-	}
-	// The import has side effects; refuse a taken name before running it.
-	if ii.Name != "" {
-		if _, err := r.Store.Get(ctx, ii.Name, &metav1.GetOptions{}); err == nil {
-			return nil, apierrors.NewAlreadyExists(tagger.Resource("imageimports"), ii.Name)
-		} else if !apierrors.IsNotFound(err) {
 			return nil, err
 		}
 	}
@@ -265,58 +199,48 @@ func (r *REST) Create(ctx context.Context, obj runtime.Object, createValidation 
 		return r.Store.Create(ctx, ii, nil, options)
 	}
 
-	namespace := genericapirequest.NamespaceValue(ctx)
-	// The import belongs to the server from here on: a client that goes
-	// away or a request that times out must not cut it short.
-	j := newJob(r, namespace, ii)
-	r.start(j, 0)
+	imports.Reserve(ii, r.deps.Runner.Identity(), r.deps.Clock.Now())
+	obj, err := r.internal.Create(ctx, ii, nil, options)
+	if err != nil {
+		return nil, err
+	}
+	reserved := obj.(*tagger.ImageImport)
+	run := r.deps.Runner.Start(reserved)
 
 	wait := r.deps.SyncTimeout
 	if deadline, ok := ctx.Deadline(); ok {
-		if left := time.Until(deadline) - deadlineMargin; left < wait {
-			wait = left
-		}
+		wait = min(wait, time.Until(deadline)-answerMargin)
 	}
 	timer := r.deps.Clock.NewTimer(max(wait, 0))
 	defer timer.Stop()
 	select {
-	case <-j.done:
-		return r.finishInRequest(ctx, j, options)
+	case <-run.Done():
 	case <-timer.C():
+		return reserved, nil
 	case <-ctx.Done():
+		return reserved, nil
 	}
-	snapshot, handedOff := j.handOff()
-	if !handedOff {
-		<-j.done
-		return r.finishInRequest(ctx, j, options)
+	res := run.Result()
+	if res == nil {
+		// The run stored nothing (the server is stopping, or the record
+		// was deleted meanwhile): answer what is stored, if anything.
+		got, err := r.Store.Get(ctx, reserved.Name, &metav1.GetOptions{})
+		if err != nil {
+			return reserved, nil
+		}
+		res = got.(*tagger.ImageImport)
 	}
-	// Store the record with a context of its own: the request's may be gone.
-	storeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	created, err := r.internal.Create(storeCtx, snapshot, nil, options)
-	j.persisted(created, err)
-	if err != nil {
-		return nil, err
+	if msg := imports.Failure(res.Status.Conditions); msg != "" {
+		// The record is the audit trail and is stored; kubectl prints this.
+		warning.AddWarning(ctx, "", fmt.Sprintf("import of %s failed: %s", res.Spec.From, msg))
 	}
-	return created, nil
-}
-
-// finishInRequest records a generation and the ImageImport after an import
-// that ended while the client waited.
-func (r *REST) finishInRequest(ctx context.Context, j *job, options *metav1.CreateOptions) (runtime.Object, error) {
-	if err := j.recordGeneration(ctx); err != nil {
-		return nil, err
-	}
-	created, err := r.internal.Create(ctx, j.ii, nil, options)
-	if err != nil {
-		return nil, err
-	}
-	j.event(created.(*tagger.ImageImport))
-	return created, nil
+	return res, nil
 }
 
 // inherit fills the unset spec fields from the target Image, so the stored
-// ImageImport says what was actually imported.
+// ImageImport says what was actually imported. insecure is inherited only
+// from an Image whose source is on the same registry: skipping TLS checks
+// for one host says nothing about another.
 func (r *REST) inherit(ctx context.Context, ii *tagger.ImageImport) error {
 	img, err := r.deps.Images.Get(ctx, ii.Spec.TargetImage)
 	switch {
@@ -338,7 +262,7 @@ func (r *REST) inherit(ctx context.Context, ii *tagger.ImageImport) error {
 		ii.Spec.Mirror = ptr.To(img.Spec.Mirror)
 	}
 	if ii.Spec.Insecure == nil {
-		ii.Spec.Insecure = ptr.To(img.Spec.Insecure)
+		ii.Spec.Insecure = ptr.To(img.Spec.Insecure && sameRegistry(img.Spec.From, ii.Spec.From))
 	}
 	if r.deps.Policy != nil {
 		if err := r.deps.Policy.Check(ii.Spec.From); err != nil {
@@ -350,79 +274,39 @@ func (r *REST) inherit(ctx context.Context, ii *tagger.ImageImport) error {
 	return nil
 }
 
-// ResumeLoop takes over, until ctx ends, the imports left Progressing by a
-// server that stopped (a restart, a rolling update, a crash), so none stays
-// Progressing forever.
-func (r *REST) ResumeLoop(ctx context.Context) {
-	wait.UntilWithContext(ctx, func(ctx context.Context) {
-		if err := r.Resume(ctx); err != nil {
-			klog.ErrorS(err, "Failed looking for imports to resume")
-		}
-	}, r.deps.ResumeInterval)
+// sameRegistry tells whether two references name the same registry host.
+func sameRegistry(a, b string) bool {
+	na, errA := reference.ParseNormalizedNamed(a)
+	nb, errB := reference.ParseNormalizedNamed(b)
+	return errA == nil && errB == nil && reference.Domain(na) == reference.Domain(nb)
 }
 
-// Resume takes over the Progressing imports nobody wrote to for ResumeAfter.
-// Replicas race for each through the record's resourceVersion: one wins.
-func (r *REST) Resume(ctx context.Context) error {
-	list, err := r.Store.List(genericapirequest.WithNamespace(ctx, metav1.NamespaceAll), nil)
-	if err != nil {
-		return err
-	}
-	now := r.deps.Clock.Now()
-	for i := range list.(*tagger.ImageImportList).Items {
-		ii := &list.(*tagger.ImageImportList).Items[i]
-		r.runningMu.Lock()
-		mine := r.running[ii.Namespace+"/"+ii.Name]
-		r.runningMu.Unlock()
-		if mine || !isProgressing(ii) || now.Sub(lastWrite(ii)) < r.deps.ResumeAfter {
-			continue
-		}
-		claimed, err := r.claim(ctx, ii)
-		if err != nil {
-			if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
-				klog.ErrorS(err, "Failed claiming import to resume", "imageImport", klog.KObj(ii))
-			}
-			continue
-		}
-		klog.InfoS("Resuming import left progressing", "imageImport", klog.KObj(claimed), "attempts", len(claimed.Status.ImportAttempts))
-		j := newJob(r, claimed.Namespace, claimed)
-		j.handedOffAlready()
-		r.start(j, len(claimed.Status.ImportAttempts))
-	}
-	return nil
-}
-
-// claim writes to the record only if it is unchanged since listed.
-func (r *REST) claim(ctx context.Context, listed *tagger.ImageImport) (*tagger.ImageImport, error) {
-	ctx = genericapirequest.WithNamespace(ctx, listed.Namespace)
+// UpdateRecord implements imports.Records: it writes status and claim
+// annotations of a record, if it meets pre.
+func (r *REST) UpdateRecord(ctx context.Context, namespace, name string, pre imports.Preconditions, mutate func(*tagger.ImageImport)) (*tagger.ImageImport, error) {
+	ctx = genericapirequest.WithNamespace(ctx, namespace)
 	transform := func(_ context.Context, _, old runtime.Object) (runtime.Object, error) {
 		ii := old.(*tagger.ImageImport).DeepCopy()
-		if ii.ResourceVersion != listed.ResourceVersion || ii.UID != listed.UID {
-			return nil, apierrors.NewConflict(tagger.Resource("imageimports"), ii.Name, fmt.Errorf("changed since listed"))
+		if pre.UID != "" && ii.UID != pre.UID {
+			// Deleted and created anew under the same name: not this one.
+			return nil, apierrors.NewNotFound(tagger.Resource("imageimports"), name)
 		}
-		c := meta.FindStatusCondition(ii.Status.Conditions, tagger.ConditionImported)
-		c.Message = "import resumed after the server running it stopped"
-		c.LastTransitionTime = metav1.NewTime(r.deps.Clock.Now())
+		if pre.ResourceVersion != "" && ii.ResourceVersion != pre.ResourceVersion {
+			return nil, apierrors.NewConflict(tagger.Resource("imageimports"), name, fmt.Errorf("changed since read"))
+		}
+		if pre.Runner != "" && ii.Annotations[tagger.AnnotationImportRunner] != pre.Runner {
+			return nil, apierrors.NewConflict(tagger.Resource("imageimports"), name,
+				fmt.Errorf("run by %q, not %q", ii.Annotations[tagger.AnnotationImportRunner], pre.Runner))
+		}
+		mutate(ii)
 		return ii, nil
 	}
-	obj, _, err := r.status.Update(ctx, listed.Name, rest.DefaultUpdatedObjectInfo(nil, transform),
+	obj, _, err := r.internal.Update(ctx, name, rest.DefaultUpdatedObjectInfo(nil, transform),
 		rest.ValidateAllObjectFunc, rest.ValidateAllObjectUpdateFunc, false, &metav1.UpdateOptions{})
 	if err != nil {
 		return nil, err
 	}
 	return obj.(*tagger.ImageImport), nil
-}
-
-// lastWrite is the newest time the import's record says something happened.
-func lastWrite(ii *tagger.ImageImport) time.Time {
-	t := ii.CreationTimestamp.Time
-	if n := len(ii.Status.ImportAttempts); n > 0 && ii.Status.ImportAttempts[n-1].When.After(t) {
-		t = ii.Status.ImportAttempts[n-1].When.Time
-	}
-	if c := meta.FindStatusCondition(ii.Status.Conditions, tagger.ConditionImported); c != nil && c.LastTransitionTime.After(t) {
-		t = c.LastTransitionTime.Time
-	}
-	return t
 }
 
 // RecordPush stores the record of a push through images/push: an

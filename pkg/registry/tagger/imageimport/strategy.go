@@ -13,8 +13,9 @@ WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 See the License for the specific language governing permissions and
 limitations under the License.
 */
-// Package imageimport holds the storage of ImageImports, whose create runs
-// the import before the record is stored.
+// Package imageimport holds the storage of ImageImports, whose create
+// reserves the record, hands the import to the import controller
+// (pkg/controller/imports) and waits a bounded time for its outcome.
 package imageimport
 
 import (
@@ -87,9 +88,21 @@ func (importStrategy) PrepareForCreate(ctx context.Context, obj runtime.Object) 
 	ii.Generation = 1
 }
 
-// PrepareForUpdate keeps the stored status.
+// PrepareForUpdate keeps the stored status and which server runs the
+// import: only Tagger writes those.
 func (importStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Object) {
-	obj.(*tagger.ImageImport).Status = old.(*tagger.ImageImport).Status
+	ii, oldII := obj.(*tagger.ImageImport), old.(*tagger.ImageImport)
+	ii.Status = oldII.Status
+	for _, k := range []string{tagger.AnnotationImportRunner, tagger.AnnotationImportRenewed} {
+		if v, ok := oldII.Annotations[k]; ok {
+			if ii.Annotations == nil {
+				ii.Annotations = map[string]string{}
+			}
+			ii.Annotations[k] = v
+		} else {
+			delete(ii.Annotations, k)
+		}
+	}
 }
 
 func (importStrategy) Validate(ctx context.Context, obj runtime.Object) field.ErrorList {

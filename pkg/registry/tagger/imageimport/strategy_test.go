@@ -268,18 +268,24 @@ func TestImportConvertToTable(t *testing.T) {
 		Status: tagger.ImageImportStatus{ImportAttempts: []tagger.ImportAttempt{
 			{When: strategyTestTime, Reason: "timeout"},
 			{When: strategyTestTime, Reason: "manifest unknown"},
+		}, Conditions: []metav1.Condition{
+			{Type: tagger.ConditionImported, Status: metav1.ConditionFalse, Reason: tagger.ReasonNoMoreAttempts},
+			{Type: tagger.ConditionFailed, Status: metav1.ConditionTrue, Reason: tagger.ReasonNoMoreAttempts},
 		}},
 	}
 	pending := &tagger.ImageImport{
 		ObjectMeta: metav1.ObjectMeta{Name: "app-3", Namespace: "ns", ResourceVersion: "7"},
 		Spec:       tagger.ImageImportSpec{TargetImage: "app"},
+		Status: tagger.ImageImportStatus{Conditions: []metav1.Condition{
+			{Type: tagger.ConditionImported, Status: metav1.ConditionFalse, Reason: tagger.ReasonProgressing},
+		}},
 	}
-	doneRow := []interface{}{"app-1", false, true, "app", at, strategyTestRef, ""}
-	failingRow := []interface{}{"app-2", true, false, "app", "", "", "manifest unknown"}
-	pendingRow := []interface{}{"app-3", false, false, "app", "", "", ""}
+	doneRow := []interface{}{"app-1", false, true, "app", "Imported", at, strategyTestRef, ""}
+	failingRow := []interface{}{"app-2", true, false, "app", "Failed", "", "", "manifest unknown"}
+	pendingRow := []interface{}{"app-3", false, false, "app", "Progressing", "", "", ""}
 
-	wantColumns := []string{"NAME", "INSECURE", "MIRROR", "TARGETIMAGE", "IMPORTEDAT", "IMAGEREFERENCE", "REASON"}
-	wantPriority := []int32{0, 0, 0, 0, 0, 0, 1}
+	wantColumns := []string{"NAME", "INSECURE", "MIRROR", "TARGETIMAGE", "STATUS", "IMPORTEDAT", "IMAGEREFERENCE", "REASON"}
+	wantPriority := []int32{0, 0, 0, 0, 0, 0, 0, 1}
 	tests := []struct {
 		name     string
 		obj      runtime.Object

@@ -37,6 +37,7 @@ var importColumns = []metav1.TableColumnDefinition{
 	{Name: "Insecure", Type: "boolean", Description: "Whether TLS verification was skipped."},
 	{Name: "Mirror", Type: "boolean", Description: "Whether the image was mirrored."},
 	{Name: "TargetImage", Type: "string", Description: "The Image imported into."},
+	{Name: "Status", Type: "string", Description: "Imported, Progressing or Failed."},
 	{Name: "ImportedAt", Type: "string", Description: "When the import succeeded."},
 	{Name: "ImageReference", Type: "string", Description: "The digest reference imported."},
 	{Name: "Reason", Type: "string", Priority: 1, Description: "Why the newest attempt failed."},
@@ -65,9 +66,27 @@ func (TableConvertor) ConvertToTable(ctx context.Context, obj runtime.Object, ta
 		if n := len(ii.Status.ImportAttempts); n > 0 {
 			reason = ii.Status.ImportAttempts[n-1].Reason
 		}
-		return []interface{}{name, deref(ii.Spec.Insecure), deref(ii.Spec.Mirror), ii.Spec.TargetImage, at, ref, reason}, nil
+		return []interface{}{name, deref(ii.Spec.Insecure), deref(ii.Spec.Mirror), ii.Spec.TargetImage, statusOf(ii), at, ref, reason}, nil
 	})
 	return table, err
 }
 
 func deref(b *bool) bool { return b != nil && *b }
+
+// statusOf sums up an import in one word.
+func statusOf(ii *tagger.ImageImport) string {
+	if c := meta.FindStatusCondition(ii.Status.Conditions, tagger.ConditionFailed); c != nil && c.Status == metav1.ConditionTrue {
+		return "Failed"
+	}
+	c := meta.FindStatusCondition(ii.Status.Conditions, tagger.ConditionImported)
+	switch {
+	case c == nil:
+		return ""
+	case c.Status == metav1.ConditionTrue:
+		return "Imported"
+	case c.Reason == tagger.ReasonProgressing:
+		return "Progressing"
+	default:
+		return "Failed"
+	}
+}
