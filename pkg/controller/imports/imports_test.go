@@ -134,7 +134,9 @@ func (f *fakeImages) history(namespace, name string) []tagger.HashReference {
 
 type fakeSources struct{ mirrorErr error }
 
-func (fakeSources) Credentials(namespace, from string) ([]importer.Credential, error) { return nil, nil }
+func (fakeSources) Credentials(namespace, from string) ([]importer.Credential, error) {
+	return nil, nil
+}
 func (s fakeSources) Mirror(ctx context.Context, namespace, name string) (*importer.Mirror, error) {
 	if s.mirrorErr != nil {
 		return nil, s.mirrorErr
@@ -258,13 +260,17 @@ func TestRunOutcomes(t *testing.T) {
 		wantCalls:  1,
 		wantReason: "manifest unknown",
 	}, {
-		name:       "transient errors use every attempt",
-		fn:         func(int, importer.Request) (importer.Result, error) { return importer.Result{}, errors.New("503 Service Unavailable") },
+		name: "transient errors use every attempt",
+		fn: func(int, importer.Request) (importer.Result, error) {
+			return importer.Result{}, errors.New("503 Service Unavailable")
+		},
 		wantCalls:  tagger.MaxImportAttempts,
 		wantReason: "503",
 	}, {
-		name:       "a 40 KB error is bounded and still ends the import",
-		fn:         func(int, importer.Request) (importer.Result, error) { return importer.Result{}, importer.NewPermanent(errors.New(long)) },
+		name: "a 40 KB error is bounded and still ends the import",
+		fn: func(int, importer.Request) (importer.Result, error) {
+			return importer.Result{}, importer.NewPermanent(errors.New(long))
+		},
 		wantCalls:  1,
 		wantReason: "xxxx",
 	}, {

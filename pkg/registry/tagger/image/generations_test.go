@@ -121,7 +121,7 @@ func TestAddGeneration(t *testing.T) {
 func TestAddGenerationByResolveTime(t *testing.T) {
 	b := gen(2, 20)
 	b.ResolvedAt = metav1.NewTime(base.Add(19 * time.Second))
-	a := gen(1, 30) // finished last...
+	a := gen(1, 30)                                           // finished last...
 	a.ResolvedAt = metav1.NewTime(base.Add(10 * time.Second)) // ...but resolved first
 	img := &tagger.Image{}
 	AddGeneration(img, b)
