@@ -25,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -500,5 +501,46 @@ func TestCancel(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("import did not stop after cancel")
+	}
+}
+
+func TestResolvedAtIsWhenTheRegistryAnswered(t *testing.T) {
+	var (
+		mu               sync.Mutex
+		headAt, uploadAt time.Time
+	)
+	src := newRegistry(t, regOpts{wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/manifests/v1") {
+				mu.Lock()
+				headAt = time.Now()
+				mu.Unlock()
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	// A slow mirror: the copy ends long after the tag was resolved.
+	dst := newRegistry(t, regOpts{wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/") {
+				mu.Lock()
+				uploadAt = time.Now()
+				mu.Unlock()
+				time.Sleep(300 * time.Millisecond)
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	src.pushImage(t, "app:v1", randomImage(t, 1024, 1))
+	imp := importer.New(importer.Options{})
+	t.Cleanup(func() { _ = imp.Close() })
+	res := mustImport(t, imp, importer.Request{From: src.Addr() + "/app:v1", Insecure: true,
+		Mirror: &importer.Mirror{Repository: dst.Addr() + "/app", Insecure: true}})
+	done := time.Now()
+	mu.Lock()
+	defer mu.Unlock()
+	if res.ResolvedAt.Before(headAt) || !res.ResolvedAt.Before(uploadAt) || done.Sub(res.ResolvedAt) < 300*time.Millisecond {
+		t.Errorf("ResolvedAt %s; HEAD at %s, mirror manifest upload at %s, import done at %s: want the time of the HEAD's answer",
+			res.ResolvedAt.Format(time.StampMicro), headAt.Format(time.StampMicro), uploadAt.Format(time.StampMicro), done.Format(time.StampMicro))
 	}
 }

@@ -63,7 +63,7 @@ type PolicyError struct {
 func (e *PolicyError) Error() string {
 	msg := e.Subject + " is not allowed: " + e.Why
 	if e.URL != "" {
-		msg += " (needed for " + e.URL + ")"
+		msg += "; needed for " + e.URL
 	}
 	return msg
 }
@@ -153,6 +153,15 @@ func (p Policy) checkConn(host string, port int, addrs []netip.Addr, skipAllow b
 		names = append(names, "docker.io")
 	}
 	if why := p.refusal(names, strconv.Itoa(port), addrs, skipAllow); why != "" {
+		if _, err := netip.ParseAddr(host); err != nil && !strings.Contains(why, "always-denied") {
+			// Which address a name had when it was refused matters: it
+			// may differ from what validation saw.
+			as := make([]string, len(addrs))
+			for n, a := range addrs {
+				as[n] = a.String()
+			}
+			why += fmt.Sprintf(" (%s resolved to %s)", host, strings.Join(as, ", "))
+		}
 		return &PolicyError{Subject: "connection to " + net.JoinHostPort(host, strconv.Itoa(port)), Why: why}
 	}
 	return nil
