@@ -122,11 +122,11 @@ func TestTokenRealmOnDeniedAddress(t *testing.T) {
 
 	err := importErr(t, imp, importer.Request{From: reg.Addr() + "/app:v1", Insecure: true,
 		Credentials: []importer.Credential{{Username: "u", Password: "password-1"}}})
+	denied.check(t)
 	wantPolicyRefusal(t, err, denied.addr, fmt.Sprintf("deny-list entry %q", denied.addr))
 	if !strings.Contains(err.Error(), "http://"+denied.addr+"/token") {
 		t.Errorf("error %q does not say what needed the connection", err)
 	}
-	denied.check(t)
 }
 
 func TestTokenRealmOutsideAllowList(t *testing.T) {
@@ -136,8 +136,8 @@ func TestTokenRealmOutsideAllowList(t *testing.T) {
 	t.Cleanup(func() { _ = imp.Close() })
 
 	err := importErr(t, imp, importer.Request{From: reg.Addr() + "/app:v1", Insecure: true})
-	wantPolicyRefusal(t, err, denied.addr, "no allow-list entry")
 	denied.check(t)
+	wantPolicyRefusal(t, err, denied.addr, "no allow-list entry")
 }
 
 // redirectBlobs sends blob downloads to target once armed.
@@ -165,11 +165,11 @@ func TestBlobRedirectToDeniedAddress(t *testing.T) {
 
 	err := importErr(t, imp, importer.Request{From: src.Addr() + "/app:v1", Insecure: true,
 		Mirror: &importer.Mirror{Repository: dst.Addr() + "/mirror/app", Insecure: true}})
+	denied.check(t)
 	wantPolicyRefusal(t, err, denied.addr, "deny-list entry")
 	if r := importer.Reason(err); strings.Contains(r, "s3cr3t-signature") {
 		t.Errorf("Reason %q carries the signed URL", r)
 	}
-	denied.check(t)
 }
 
 // mirrorUploadsTo rewrites the upload Location a mirror answers with, as a
@@ -217,8 +217,8 @@ func TestMirrorIsAllowedButNotWhereItRedirects(t *testing.T) {
 
 	err := importErr(t, imp, importer.Request{From: src.Addr() + "/app:v1", Insecure: true,
 		Mirror: &importer.Mirror{Repository: bad.Addr() + "/mirror/app", Insecure: true}})
-	wantPolicyRefusal(t, err, denied.addr, "no allow-list entry")
 	denied.check(t)
+	wantPolicyRefusal(t, err, denied.addr, "no allow-list entry")
 
 	// The deny list applies to the mirror itself.
 	imp2 := importer.New(importer.Options{Policy: importer.Policy{Deny: []string{good.Addr()}}})
@@ -226,10 +226,10 @@ func TestMirrorIsAllowedButNotWhereItRedirects(t *testing.T) {
 	good.counter.reset()
 	err = importErr(t, imp2, importer.Request{From: src.Addr() + "/app:v1", Insecure: true,
 		Mirror: &importer.Mirror{Repository: good.Addr() + "/mirror/app", Insecure: true}})
-	wantPolicyRefusal(t, err, good.Addr(), "deny-list entry")
 	if n := good.counter.get("GET other") + good.counter.get("HEAD manifests") + good.counter.get("POST blobs/uploads"); n != 0 {
 		t.Errorf("the denied mirror saw %d requests", n)
 	}
+	wantPolicyRefusal(t, err, good.Addr(), "deny-list entry")
 }
 
 // lookup resolves names from a table, through a function the test may
@@ -297,10 +297,10 @@ func TestDNSRebinding(t *testing.T) {
 	t.Cleanup(func() { _ = imp.Close() })
 
 	err := importErr(t, imp, importer.Request{From: from, Insecure: true})
-	wantPolicyRefusal(t, err, "rebind.test:"+port, fmt.Sprintf("deny-list entry %q", reg.Addr()))
 	if n := reg.counter.get("GET other") + reg.counter.get("HEAD manifests") + reg.counter.get("GET manifests"); n != 0 {
 		t.Errorf("the denied registry saw %d requests", n)
 	}
+	wantPolicyRefusal(t, err, "rebind.test:"+port, fmt.Sprintf("deny-list entry %q", reg.Addr()))
 
 	// Rebinding to a metadata address is refused whatever the lists say.
 	l.fn = func(call int32, host string) ([]netip.Addr, error) {
