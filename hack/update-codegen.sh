@@ -12,7 +12,17 @@ OUTPUT_ROOT=${OUTPUT_ROOT:-${SCRIPT_ROOT}}
 export GOFLAGS="${GOFLAGS:-} -tags=containers_image_openpgp"
 export CGO_ENABLED=0
 
-CODEGEN_PKG=${CODEGEN_PKG:-$(cd "${SCRIPT_ROOT}" && go list -m -f '{{.Dir}}' k8s.io/code-generator)}
+# "go list -m -f {{.Dir}}" prints nothing for a module that is not in the
+# module cache yet (nothing else downloads code-generator: only hack/tools.go
+# imports it), so download it first; this is a no-op when it is there.
+if [ -z "${CODEGEN_PKG:-}" ]; then
+    (cd "${SCRIPT_ROOT}" && go mod download k8s.io/code-generator)
+    CODEGEN_PKG=$(cd "${SCRIPT_ROOT}" && go list -m -f '{{.Dir}}' k8s.io/code-generator)
+fi
+if [ ! -f "${CODEGEN_PKG}/kube_codegen.sh" ]; then
+    echo "k8s.io/code-generator not found (got '${CODEGEN_PKG}'): is the Go module proxy reachable?" >&2
+    exit 1
+fi
 # shellcheck source=/dev/null
 source "${CODEGEN_PKG}/kube_codegen.sh"
 
