@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/crypto/bcrypt"
@@ -80,17 +81,58 @@ type Registry struct {
 	closeErr  error
 }
 
+// quietOnce installs clientErrorFilter once per process.
+var quietOnce sync.Once
+
 // quietLogs lowers logrus' standard logger, which the registry logs every
-// request through, to errors. It never makes logging more verbose.
+// request through, to errors, and drops the error lines the registry writes
+// for answers in the 4xx range ("manifest unknown", "blob unknown" when a
+// client checks what is there before a copy): they are ordinary answers,
+// and the client sees them. Answers in the 5xx range are still logged. It
+// never makes logging more verbose.
+//
+// The registry takes its logger from the request context under a key of an
+// internal package, falling back to logrus' standard logger: the standard
+// logger's formatter is the one place to filter it.
 func quietLogs() {
-	if logrus.GetLevel() > logrus.ErrorLevel {
-		logrus.SetLevel(logrus.ErrorLevel)
+	std := logrus.StandardLogger()
+	if std.GetLevel() > logrus.ErrorLevel {
+		std.SetLevel(logrus.ErrorLevel)
 	}
+	quietOnce.Do(func() {
+		std.SetFormatter(&clientErrorFilter{next: std.Formatter})
+	})
+}
+
+// responseErrorMessage is what the registry logs for every error it
+// answers with, the error code in the field "err.code".
+const responseErrorMessage = "response completed with error"
+
+// clientErrorFilter formats nothing for the registry's log lines about
+// answers in the 4xx range, and hands every other entry to next.
+type clientErrorFilter struct{ next logrus.Formatter }
+
+func (f *clientErrorFilter) Format(e *logrus.Entry) ([]byte, error) {
+	if isClientError(e) {
+		return nil, nil
+	}
+	return f.next.Format(e)
+}
+
+// isClientError tells whether e is the registry's line about an answer in
+// the 4xx range.
+func isClientError(e *logrus.Entry) bool {
+	if e.Message != responseErrorMessage {
+		return false
+	}
+	code, ok := e.Data["err.code"].(errcode.ErrorCode)
+	return ok && code.Descriptor().HTTPStatusCode < http.StatusInternalServerError
 }
 
 // New starts a registry. It returns once the registry accepts connections.
 // The registry logs through logrus' standard logger, which New lowers to
-// error level: its per-request messages are noise for Tagger.
+// error level, without the lines about answers in the 4xx range (see
+// quietLogs): its per-request messages are noise for Tagger.
 func New(ctx context.Context, opts Options) (r *Registry, err error) {
 	quietLogs()
 	addr := opts.Addr
@@ -119,6 +161,9 @@ func New(ctx context.Context, opts Options) (r *Registry, err error) {
 	cfg := &configuration.Configuration{Storage: storage}
 	cfg.HTTP.Secret = hex.EncodeToString(secret)
 	cfg.Log.Level = "error"
+	// The default of a parsed configuration; zero refuses every "n" of
+	// GET /v2/_catalog?n=... ("crane catalog" asks for 1000).
+	cfg.Catalog.MaxEntries = 1000
 	if opts.Htpasswd != "" {
 		if _, err := os.Stat(opts.Htpasswd); err != nil {
 			// The registry would create an htpasswd file with a random

@@ -17,6 +17,7 @@ limitations under the License.
 package localregistry
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -24,8 +25,11 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
@@ -198,5 +202,109 @@ func TestHandlerWrapper(t *testing.T) {
 	_ = resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || n != 1 {
 		t.Fatalf("status %d, wrapper saw %d requests", resp.StatusCode, n)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the registry's goroutines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// The 404s a copy meets while checking what the registry has are ordinary
+// answers, not errors worth a log line; 5xx answers still are.
+func TestClientErrorsAreNotLogged(t *testing.T) {
+	var logs syncBuffer
+	logrus.SetOutput(&logs)
+	t.Cleanup(func() { logrus.SetOutput(io.Discard) })
+	r := start(t, Options{})
+	pushAndPull(t, r)
+	for _, path := range []string{
+		"/v2/test/app/manifests/missing",
+		"/v2/test/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+		"/v2/nope/tags/list",
+	} {
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			if method == http.MethodHead && strings.HasSuffix(path, "/tags/list") {
+				continue // 405
+			}
+			req, _ := http.NewRequest(method, r.URL()+path, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusNotFound {
+				t.Fatalf("%s %s: %d, want 404", method, path, resp.StatusCode)
+			}
+		}
+	}
+	if got := logs.String(); got != "" {
+		t.Fatalf("4xx answers were logged:\n%s", got)
+	}
+
+	// What the filter lets through: other messages, and 5xx answers.
+	f := &clientErrorFilter{next: &logrus.TextFormatter{DisableTimestamp: true}}
+	for _, tc := range []struct {
+		entry *logrus.Entry
+		kept  bool
+	}{
+		{logrus.WithField("err.code", errcode.ErrorCodeManifestUnknown), false},
+		{logrus.WithField("err.code", errcode.ErrorCodePaginationNumberInvalid), false},
+		{logrus.WithField("err.code", errcode.ErrorCodeUnknown), true},
+		{logrus.WithField("err.code", errcode.ErrorCodeUnavailable), true},
+		{logrus.WithField("other", 1), true},
+	} {
+		e := tc.entry.WithField("x", 1)
+		e.Message, e.Level = responseErrorMessage, logrus.ErrorLevel
+		out, err := f.Format(e)
+		if err != nil || (len(out) > 0) != tc.kept {
+			t.Errorf("%v: formatted %q, %v; want kept %v", e.Data, out, err, tc.kept)
+		}
+	}
+	e := logrus.WithField("err.code", errcode.ErrorCodeManifestUnknown)
+	e.Message = "something else"
+	if out, _ := f.Format(e); len(out) == 0 {
+		t.Error("a message other than the response line was dropped")
+	}
+}
+
+// "crane catalog" asks for n=1000 entries, which a configuration built in
+// code (no parsed defaults) refused with PAGINATION_NUMBER_INVALID.
+func TestCatalog(t *testing.T) {
+	r := start(t, Options{})
+	pushAndPull(t, r)
+	reg, err := name.NewRegistry(r.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	repos, err := remote.Catalog(context.Background(), reg)
+	if err != nil {
+		t.Fatalf("catalog: %v", err)
+	}
+	if len(repos) != 1 || repos[0] != "test/app" {
+		t.Fatalf("catalog: %v", repos)
+	}
+	for _, n := range []string{"1000", "1"} {
+		resp, err := http.Get(r.URL() + "/v2/_catalog?n=" + n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /v2/_catalog?n=%s: %d", n, resp.StatusCode)
+		}
 	}
 }
