@@ -69,7 +69,10 @@ func isAuthError(err error) bool {
 	if errors.As(err, &code) && (code == errcode.ErrorCodeUnauthorized || code == errcode.ErrorCodeDenied) {
 		return true
 	}
-	if s, ok := responseStatus(err); ok && (s == http.StatusUnauthorized || s == http.StatusForbidden) {
+	if walk(err, func(e error) bool {
+		s, ok := responseStatus(e)
+		return ok && (s == http.StatusUnauthorized || s == http.StatusForbidden)
+	}) {
 		return true
 	}
 	// Registries that answer a HEAD with a bare 403 end up here.
