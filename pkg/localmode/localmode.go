@@ -26,15 +26,21 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"k8s.io/apiserver/pkg/authentication/authenticator"
 	"k8s.io/apiserver/pkg/authentication/authenticatorfactory"
 	"k8s.io/apiserver/pkg/authentication/user"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/klog/v2"
 )
 
 // LocalUser is the user a local-mode token authenticates as.
@@ -42,7 +48,8 @@ const LocalUser = "tagger-local-admin"
 
 // Etcd is an embedded etcd server.
 type Etcd struct {
-	server *embed.Etcd
+	server   *embed.Etcd
+	stopping *atomic.Bool
 }
 
 // StartEtcd starts etcd with its data under dir, listening on a free
@@ -56,6 +63,8 @@ func StartEtcd(dir string) (*Etcd, error) {
 	cfg.Dir = dir
 	cfg.Logger = "zap"
 	cfg.LogLevel = "error"
+	stopping := &atomic.Bool{}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&etcdLogCore{stopping: stopping}, zap.AddCaller()))
 	client, _ := url.Parse("http://127.0.0.1:0")
 	peer, _ := url.Parse("http://127.0.0.1:0")
 	cfg.ListenClientUrls = []url.URL{*client}
@@ -70,13 +79,15 @@ func StartEtcd(dir string) (*Etcd, error) {
 	select {
 	case <-server.Server.ReadyNotify():
 	case err := <-server.Err():
+		stopping.Store(true)
 		server.Close()
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	case <-time.After(60 * time.Second):
+		stopping.Store(true)
 		server.Close()
 		return nil, errors.New("embedded etcd did not become ready in 60s")
 	}
-	return &Etcd{server: server}, nil
+	return &Etcd{server: server, stopping: stopping}, nil
 }
 
 // Endpoint returns the client URL of the embedded etcd.
@@ -85,7 +96,10 @@ func (e *Etcd) Endpoint() string {
 }
 
 // Close stops etcd.
-func (e *Etcd) Close() { e.server.Close() }
+func (e *Etcd) Close() {
+	e.stopping.Store(true)
+	e.server.Close()
+}
 
 // Token returns the local user's bearer token, kept in file so that a
 // kubeconfig written earlier keeps working; a new one is made when missing.
@@ -129,4 +143,83 @@ func WriteKubeconfig(path, server, caFile, token string) error {
 		return err
 	}
 	return clientcmd.WriteToFile(*cfg, path)
+}
+
+// etcdLogCore logs the embedded etcd's errors through klog, like the rest
+// of the server, without the stack traces etcd's own logger adds, and
+// without the errors every shutdown causes: each of etcd's serving
+// goroutines reports its listener closing as "setting up serving from
+// embedded etcd failed" ("http: Server closed", "use of closed network
+// connection", "grpc: the server has been stopped"), which on Ctrl-C printed
+// a screen of stack traces.
+type etcdLogCore struct {
+	fields []zapcore.Field
+	// stopping is set once Close has begun.
+	stopping *atomic.Bool
+}
+
+func (c *etcdLogCore) Enabled(l zapcore.Level) bool { return l >= zapcore.ErrorLevel }
+
+func (c *etcdLogCore) With(fields []zapcore.Field) zapcore.Core {
+	return &etcdLogCore{fields: append(slices.Clone(c.fields), fields...), stopping: c.stopping}
+}
+
+func (c *etcdLogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c *etcdLogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range append(slices.Clone(c.fields), fields...) {
+		f.AddTo(enc)
+	}
+	var err error
+	if msg, ok := enc.Fields["error"].(string); ok {
+		err = errors.New(msg)
+		delete(enc.Fields, "error")
+		delete(enc.Fields, "errorVerbose")
+	}
+	if isShutdownNoise(e.Message, err, c.stopping != nil && c.stopping.Load()) {
+		return nil
+	}
+	keys := make([]string, 0, len(enc.Fields))
+	for k := range enc.Fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	kv := make([]any, 0, 2+2*len(keys))
+	if e.Caller.Defined {
+		kv = append(kv, "caller", e.Caller.TrimmedPath())
+	}
+	for _, k := range keys {
+		kv = append(kv, k, enc.Fields[k])
+	}
+	klog.ErrorS(err, "Embedded etcd: "+e.Message, kv...)
+	return nil
+}
+
+func (c *etcdLogCore) Sync() error {
+	klog.Flush()
+	return nil
+}
+
+// isShutdownNoise tells whether an etcd log message is one of those its
+// serving goroutines write when their listeners close: any of them once
+// Close has begun, and those naming a closed server or listener.
+func isShutdownNoise(msg string, err error, stopping bool) bool {
+	if msg != "setting up serving from embedded etcd failed." {
+		return false
+	}
+	if stopping || err == nil {
+		return true
+	}
+	for _, closed := range []string{"server closed", "Server closed", "use of closed network connection", "server has been stopped"} {
+		if strings.Contains(err.Error(), closed) {
+			return true
+		}
+	}
+	return false
 }
