@@ -43,7 +43,18 @@ func (l *Local) Credentials(namespace, from string) ([]importer.Credential, erro
 // Mirror implements imageimport.Sources.
 func (l *Local) Mirror(ctx context.Context, namespace, name string) (*importer.Mirror, error) {
 	if l.MirrorConfig.Address == "" {
-		return nil, ErrNoMirror
+		return nil, errNoLocalMirror{}
 	}
 	return l.MirrorConfig.Mirror(namespace, name), nil
 }
+
+// errNoLocalMirror is ErrNoMirror in local mode, which has no Secrets to
+// create: its mirror is the embedded registry, turned off.
+type errNoLocalMirror struct{}
+
+func (errNoLocalMirror) Error() string {
+	return "no mirror registry in local mode: the embedded registry is off (--local-registry-address is empty); restart with --local-registry-address=127.0.0.1:5000, or import without mirror"
+}
+
+// Is makes errors.Is(err, ErrNoMirror) hold.
+func (errNoLocalMirror) Is(target error) bool { return target == ErrNoMirror }

@@ -22,6 +22,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -160,7 +161,7 @@ func TestLocalSources(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(got, []importer.Credential{{Username: "u", Password: "p"}}) {
 		t.Fatalf("credentials %+v %v", got, err)
 	}
-	if _, err := l.Mirror(context.Background(), "default", "app"); !errors.Is(err, ErrNoMirror) {
+	if _, err := l.Mirror(context.Background(), "default", "app"); !errors.Is(err, ErrNoMirror) || strings.Contains(err.Error(), "Secret") || !strings.Contains(err.Error(), "--local-registry-address") {
 		t.Fatalf("no mirror: %v", err)
 	}
 	l.MirrorConfig = MirrorConfig{Address: "127.0.0.1:5000", Insecure: true}
