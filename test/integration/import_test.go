@@ -194,8 +194,12 @@ func TestImportRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(got.Status.ImportAttempts); n != 10 || !strings.Contains(got.Status.ImportAttempts[n-1].Reason, "mirror-registry-config") {
+	// A configuration error is not retried: one attempt, failed for good.
+	if n := len(got.Status.ImportAttempts); n != 1 || !strings.Contains(got.Status.ImportAttempts[n-1].Reason, "mirror-registry-config") {
 		t.Fatalf("attempts %+v", got.Status.ImportAttempts)
+	}
+	if c := meta.FindStatusCondition(got.Status.Conditions, v1beta1.ConditionFailed); c == nil || c.Status != metav1.ConditionTrue {
+		t.Fatalf("conditions %+v", got.Status.Conditions)
 	}
 	list, err := imports.List(ctx, metav1.ListOptions{})
 	if err != nil || len(list.Items) != 1 {
@@ -400,8 +404,9 @@ func TestImportOutlivesRequest(t *testing.T) {
 	waitImported(t, s, "slow-1", src.Addr()+"/src/slow@"+digest.String())
 }
 
-// TestRestartResumesImport stops the server in the middle of an import: the
-// next server finishes it instead of leaving it Progressing forever.
+// TestRestartResumesImport stops the server in the middle of an import: it
+// releases the import, and the next server resumes it at once instead of
+// leaving it Progressing.
 func TestRestartResumesImport(t *testing.T) {
 	g := newGate()
 	src := startRegistry(t, g.wrap)
@@ -424,18 +429,72 @@ func TestRestartResumesImport(t *testing.T) {
 	}
 	first.stop()
 	g.release()
-	// A server that sees the import recently written leaves it alone...
+	// The default ResumeAfter is minutes: only the release makes this quick.
 	second := startServer(t, serverOptions{etcd: etcd})
-	time.Sleep(time.Second) // its first look for imports to resume is over
-	if c := imported(getImport(t, second, "resume-1")); c == nil || c.Reason != "Progressing" {
-		t.Fatalf("condition %+v", c)
+	waitImported(t, second, "resume-1", src.Addr()+"/src/resume@"+digest.String())
+}
+
+// TestReplicaKilledMidImport runs two servers on one etcd; the one running
+// the imports dies without a word (its claims stay, as after a crash). The
+// other takes them over once the claims are stale and finishes each once.
+func TestReplicaKilledMidImport(t *testing.T) {
+	g := newGate()
+	src := startRegistry(t, g.wrap)
+	_, etcdConfig := etcd3testing.NewUnsecuredEtcd3TestClientServer(t)
+	etcd := etcdConfig.Transport.ServerList
+	replica := func(id string) func(*apiserver.Config) {
+		return func(c *apiserver.Config) {
+			o := &c.ExtraConfig.ImportOptions
+			o.Identity, o.SyncTimeout, o.KeepClaimsOnStop = id, 200*time.Millisecond, true
+			o.RenewInterval, o.ResumeAfter = 200*time.Millisecond, 2*time.Second
+		}
 	}
-	second.stop()
-	// ...one that finds it idle long enough takes it over.
-	third := startServer(t, serverOptions{etcd: etcd, configure: func(c *apiserver.Config) {
-		c.ExtraConfig.ImportOptions.ResumeAfter = time.Nanosecond
-	}})
-	waitImported(t, third, "resume-1", src.Addr()+"/src/resume@"+digest.String())
+	a := startServer(t, serverOptions{etcd: etcd, configure: replica("a")})
+	b := startServer(t, serverOptions{etcd: etcd, configure: replica("b")})
+	ctx := context.Background()
+	const n = 3
+	digests := map[string]string{}
+	for i := range n {
+		img := fmt.Sprintf("killed-%d", i)
+		digests[img] = src.push(t, "src/"+img+":latest").String()
+	}
+	g.arm()
+	for i := range n {
+		img := fmt.Sprintf("killed-%d", i)
+		ii := newImport(img, img, src.Addr()+"/src/"+img+":latest")
+		ii.Spec.Insecure = ptr.To(true)
+		got, err := a.client.TaggerV1beta1().ImageImports(ns).Create(ctx, ii, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Annotations[v1beta1.AnnotationImportRunner] != "a" {
+			t.Fatalf("runner %q", got.Annotations[v1beta1.AnnotationImportRunner])
+		}
+	}
+	// b leaves imports a renews alone.
+	time.Sleep(3 * time.Second)
+	for i := range n {
+		if got := getImport(t, b, fmt.Sprintf("killed-%d", i)); got.Annotations[v1beta1.AnnotationImportRunner] != "a" {
+			t.Fatalf("b took over an import a still runs: %v", got.Annotations)
+		}
+	}
+	a.stop()
+	g.release()
+	for i := range n {
+		img := fmt.Sprintf("killed-%d", i)
+		waitImported(t, b, img, src.Addr()+"/src/"+img+"@"+digests[img])
+		got := getImport(t, b, img)
+		if _, claimed := got.Annotations[v1beta1.AnnotationImportRunner]; claimed {
+			t.Errorf("finished import still claimed: %v", got.Annotations)
+		}
+		image, err := b.client.TaggerV1beta1().Images(ns).Get(ctx, img, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(image.Status.HashReferences) != 1 {
+			t.Errorf("Image %s has %d generations, want exactly 1: %+v", img, len(image.Status.HashReferences), image.Status.HashReferences)
+		}
+	}
 }
 
 func getImport(t *testing.T, s *testServer, name string) *v1beta1.ImageImport {

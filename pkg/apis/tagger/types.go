@@ -92,7 +92,7 @@ type HashReference struct {
 	From string
 	// ResolvedAt is when the registry answered the digest; generations
 	// are ordered by it. Zero in records written before it existed.
-	ResolvedAt     metav1.Time
+	ResolvedAt     metav1.MicroTime
 	ImportedAt     metav1.Time
 	ImageReference string
 }

@@ -120,9 +120,12 @@ func (c *Controller) sync(ctx context.Context, key string) (time.Duration, error
 	}
 	now := c.cfg.Clock.Now()
 	runner, renewed, claimed := claim(ii.Annotations)
-	if claimed && runner != c.cfg.Identity {
+	// Another server's claim holds while it is renewed; so does one this
+	// process made (its create is about to start the run). A claim of this
+	// identity older than this process is a restarted server's: resume it.
+	ours := claimed && runner == c.cfg.Identity && !renewed.Before(c.started)
+	if claimed && (runner != c.cfg.Identity || ours) {
 		if wait := renewed.Add(c.cfg.ResumeAfter).Sub(now); wait > 0 {
-			// Its runner is alive as far as anyone can tell.
 			return wait, nil
 		}
 	}

@@ -130,6 +130,10 @@ type Controller struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// started tells the claims of this process from those of an earlier
+	// one under the same identity.
+	started time.Time
+
 	mu      sync.Mutex
 	running map[types.UID]*Run
 
@@ -164,7 +168,7 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.ResumeAfter <= 0 {
 		cfg.ResumeAfter = 4 * cfg.RenewInterval
 	}
-	c := &Controller{cfg: cfg, running: map[types.UID]*Run{}}
+	c := &Controller{cfg: cfg, running: map[types.UID]*Run{}, started: cfg.Clock.Now()}
 	c.base, c.cancel = context.WithCancel(context.Background())
 	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: "imageimports"})
@@ -204,9 +208,13 @@ func NewRunForTest(fn func() *tagger.ImageImport) *Run {
 func (c *Controller) Start(rec *tagger.ImageImport) *Run {
 	run := &Run{done: make(chan struct{})}
 	c.mu.Lock()
-	if c.base.Err() != nil || c.running[rec.UID] != nil {
-		// Stopping (the record stays Progressing for a running server to
-		// resume), or already running.
+	if running := c.running[rec.UID]; running != nil {
+		c.mu.Unlock()
+		return running
+	}
+	if c.base.Err() != nil {
+		// Stopping: the record stays Progressing for a running server to
+		// resume.
 		c.mu.Unlock()
 		close(run.done)
 		return run

@@ -68,7 +68,7 @@ func recordAttempt(ii *tagger.ImageImport, now time.Time, res importer.Result, e
 			resolved = now
 		}
 		st.HashReference = &tagger.HashReference{
-			From: res.From, ResolvedAt: metav1.NewTime(resolved), ImportedAt: metav1.NewTime(now), ImageReference: res.ImageReference,
+			From: res.From, ResolvedAt: metav1.NewMicroTime(resolved), ImportedAt: metav1.NewTime(now), ImageReference: res.ImageReference,
 		}
 		setCondition(ii, now, metav1.ConditionFalse, tagger.ReasonProgressing, redact.Message("recording "+res.ImageReference))
 	}

@@ -2794,8 +2794,8 @@ func schema_pkg_apis_tagger_v1beta1_HashReference(ref common.ReferenceCallback) 
 					},
 					"resolvedAt": {
 						SchemaProps: spec.SchemaProps{
-							Description: "ResolvedAt is when the registry answered the digest for From (the manifest HEAD or GET of the import, or the manifest PUT of a push). Generations are ordered by it, newest first: a slow import that resolved before a fast one is older, whichever finishes last. Records written before this field existed order by importedAt.",
-							Ref:         ref(v1.Time{}.OpenAPIModelName()),
+							Description: "ResolvedAt is when the registry answered the digest for From (the manifest HEAD or GET of the import, or the manifest PUT of a push), to the microsecond. Generations are ordered by it, newest first: a slow import that resolved before a fast one is older, whichever finishes last. Records written before this field existed order by importedAt.",
+							Ref:         ref(v1.MicroTime{}.OpenAPIModelName()),
 						},
 					},
 					"importedAt": {
@@ -2817,7 +2817,7 @@ func schema_pkg_apis_tagger_v1beta1_HashReference(ref common.ReferenceCallback) 
 			},
 		},
 		Dependencies: []string{
-			v1.Time{}.OpenAPIModelName()},
+			v1.MicroTime{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName()},
 	}
 }
 

@@ -82,12 +82,13 @@ type HashReference struct {
 	// From is the reference the generation was imported from, usually a tag.
 	From string `json:"from"`
 	// ResolvedAt is when the registry answered the digest for From (the
-	// manifest HEAD or GET of the import, or the manifest PUT of a push).
-	// Generations are ordered by it, newest first: a slow import that
-	// resolved before a fast one is older, whichever finishes last. Records
-	// written before this field existed order by importedAt.
+	// manifest HEAD or GET of the import, or the manifest PUT of a push),
+	// to the microsecond. Generations are ordered by it, newest first: a
+	// slow import that resolved before a fast one is older, whichever
+	// finishes last. Records written before this field existed order by
+	// importedAt.
 	// +optional
-	ResolvedAt metav1.Time `json:"resolvedAt,omitempty"`
+	ResolvedAt metav1.MicroTime `json:"resolvedAt,omitempty"`
 	// ImportedAt is when the generation was recorded (the import, mirror
 	// copy included, finished).
 	ImportedAt metav1.Time `json:"importedAt"`

@@ -120,9 +120,9 @@ func TestAddGeneration(t *testing.T) {
 // import of B finishes after it; B must stay newest.
 func TestAddGenerationByResolveTime(t *testing.T) {
 	b := gen(2, 20)
-	b.ResolvedAt = metav1.NewTime(base.Add(19 * time.Second))
-	a := gen(1, 30)                                           // finished last...
-	a.ResolvedAt = metav1.NewTime(base.Add(10 * time.Second)) // ...but resolved first
+	b.ResolvedAt = metav1.NewMicroTime(base.Add(19 * time.Second))
+	a := gen(1, 30)                                                // finished last...
+	a.ResolvedAt = metav1.NewMicroTime(base.Add(10 * time.Second)) // ...but resolved first
 	img := &tagger.Image{}
 	AddGeneration(img, b)
 	if !AddGeneration(img, a) {

@@ -31,11 +31,12 @@ type HashReferenceApplyConfiguration struct {
 	// From is the reference the generation was imported from, usually a tag.
 	From *string `json:"from,omitempty"`
 	// ResolvedAt is when the registry answered the digest for From (the
-	// manifest HEAD or GET of the import, or the manifest PUT of a push).
-	// Generations are ordered by it, newest first: a slow import that
-	// resolved before a fast one is older, whichever finishes last. Records
-	// written before this field existed order by importedAt.
-	ResolvedAt *v1.Time `json:"resolvedAt,omitempty"`
+	// manifest HEAD or GET of the import, or the manifest PUT of a push),
+	// to the microsecond. Generations are ordered by it, newest first: a
+	// slow import that resolved before a fast one is older, whichever
+	// finishes last. Records written before this field existed order by
+	// importedAt.
+	ResolvedAt *v1.MicroTime `json:"resolvedAt,omitempty"`
 	// ImportedAt is when the generation was recorded (the import, mirror
 	// copy included, finished).
 	ImportedAt *v1.Time `json:"importedAt,omitempty"`
@@ -61,7 +62,7 @@ func (b *HashReferenceApplyConfiguration) WithFrom(value string) *HashReferenceA
 // WithResolvedAt sets the ResolvedAt field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the ResolvedAt field is set to the value of the last call.
-func (b *HashReferenceApplyConfiguration) WithResolvedAt(value v1.Time) *HashReferenceApplyConfiguration {
+func (b *HashReferenceApplyConfiguration) WithResolvedAt(value v1.MicroTime) *HashReferenceApplyConfiguration {
 	b.ResolvedAt = &value
 	return b
 }

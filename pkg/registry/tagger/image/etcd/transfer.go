@@ -405,7 +405,7 @@ func (t *transfer) putManifest(w http.ResponseWriter, req *http.Request) {
 	now := metav1.NewTime(t.deps.Clock.Now())
 	ref := tagger.HashReference{
 		From:           t.repo.Reference + ":" + t.path.Ref,
-		ResolvedAt:     now,
+		ResolvedAt:     metav1.NewMicroTime(now.Time),
 		ImportedAt:     now,
 		ImageReference: t.repo.Reference + "@" + dgst.String(),
 	}
