@@ -26,6 +26,10 @@ const (
 	MaxHashReferences = 25
 	// MaxImportAttempts is how many times an ImageImport tries before giving up.
 	MaxImportAttempts = 10
+	// MaxImageNameLength bounds Image names: with a 63-character namespace
+	// the mirror repository "<namespace>/<name>" stays 64 characters under
+	// a registry's 255-character limit, room for a repository prefix.
+	MaxImageNameLength = 127
 	// MaxReasonLength bounds every attempt reason and condition message the
 	// server writes, so a registry's long answer can never make a status
 	// invalid.

@@ -21,9 +21,10 @@ import "tagger.dev/tagger/pkg/apis/tagger"
 // Limits, condition types, reasons and annotations of tagger.dev/v1beta1,
 // for clients; their meaning is documented where they are defined.
 const (
-	MaxHashReferences = tagger.MaxHashReferences
-	MaxImportAttempts = tagger.MaxImportAttempts
-	MaxReasonLength   = tagger.MaxReasonLength
+	MaxHashReferences  = tagger.MaxHashReferences
+	MaxImportAttempts  = tagger.MaxImportAttempts
+	MaxReasonLength    = tagger.MaxReasonLength
+	MaxImageNameLength = tagger.MaxImageNameLength
 
 	ConditionImported    = tagger.ConditionImported
 	ConditionFailed      = tagger.ConditionFailed

@@ -28,9 +28,18 @@ import (
 	"tagger.dev/tagger/pkg/apis/tagger"
 )
 
-// ValidateImageName is the name rule for Images: a DNS subdomain, because
-// the name becomes part of a registry repository path when mirrored.
-var ValidateImageName = apivalidation.NameIsDNSSubdomain
+// ValidateImageName is the name rule for Images: a DNS subdomain of at most
+// tagger.MaxImageNameLength characters, because the name becomes part of a
+// registry repository path when mirrored, and the whole path
+// ("[<repository>/]<namespace>/<name>") must fit the 255 characters
+// registries allow.
+func ValidateImageName(name string, prefix bool) []string {
+	msgs := apivalidation.NameIsDNSSubdomain(name, prefix)
+	if len(msgs) == 0 && len(name) > tagger.MaxImageNameLength {
+		msgs = append(msgs, fmt.Sprintf("must be no more than %d characters: the mirror repository <namespace>/<name> must fit a registry's 255-character limit", tagger.MaxImageNameLength))
+	}
+	return msgs
+}
 
 // ValidateImage validates a new Image.
 func ValidateImage(img *tagger.Image) field.ErrorList {

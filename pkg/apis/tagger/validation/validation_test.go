@@ -85,6 +85,13 @@ func TestValidateImage(t *testing.T) {
 		img:  imageWith(func(img *tagger.Image) { img.Name = "App" }),
 		want: field.ErrorList{field.Invalid(field.NewPath("metadata", "name"), "", "")},
 	}, {
+		name: "name too long for a mirror repository",
+		img:  imageWith(func(img *tagger.Image) { img.Name = strings.Repeat("a", tagger.MaxImageNameLength+1) }),
+		want: field.ErrorList{field.Invalid(field.NewPath("metadata", "name"), "", "")},
+	}, {
+		name: "longest name",
+		img:  imageWith(func(img *tagger.Image) { img.Name = strings.Repeat("a", tagger.MaxImageNameLength) }),
+	}, {
 		name: "name too long",
 		img:  imageWith(func(img *tagger.Image) { img.Name = strings.Repeat("a", 254) }),
 		want: field.ErrorList{field.Invalid(field.NewPath("metadata", "name"), "", "")},
@@ -336,7 +343,7 @@ func TestValidateImageImport(t *testing.T) {
 		want: field.ErrorList{field.Invalid(spec.Child("targetImage"), "", "")},
 	}, {
 		name: "targetImage too long",
-		ii:   importWith(func(ii *tagger.ImageImport) { ii.Spec.TargetImage = strings.Repeat("a", 254) }),
+		ii:   importWith(func(ii *tagger.ImageImport) { ii.Spec.TargetImage = strings.Repeat("a", tagger.MaxImageNameLength+1) }),
 		want: field.ErrorList{field.Invalid(spec.Child("targetImage"), "", "")},
 	}, {
 		name: "from invalid",
