@@ -34,8 +34,12 @@ func main() {
 	defer stop()
 	cmd := plugin.NewCommand(genericiooptions.IOStreams{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr})
 	if err := cmd.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
+		fmt.Fprintln(os.Stderr, "error:", plugin.ErrorMessage(ctx, err))
+		interrupted := ctx.Err() != nil
 		stop()
+		if interrupted {
+			os.Exit(130) // as a shell reports a command ended by Ctrl-C
+		}
 		os.Exit(1)
 	}
 }

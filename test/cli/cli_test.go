@@ -157,12 +157,35 @@ func (l *local) kubectl(stdin string, args ...string) (string, string, error) {
 		args = append([]string{"--kubeconfig", l.kubeconfig}, args...)
 	}
 	cmd := exec.CommandContext(ctx, kubectl, args...)
-	cmd.Env = append(os.Environ(), "KUBECACHEDIR="+filepath.Join(l.dir, "kubecache"), "HOME="+l.dir,
-		"PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"), "TMPDIR="+l.dir, "KUBECONFIG="+l.kubeconfig)
+	cmd.Env = l.env()
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// env is kubectl's environment: its caches and temporary files under the
+// server's directory, the built plugin on its PATH.
+func (l *local) env() []string {
+	return append(os.Environ(), "KUBECACHEDIR="+filepath.Join(l.dir, "kubecache"), "HOME="+l.dir,
+		"PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"), "TMPDIR="+l.dir, "KUBECONFIG="+l.kubeconfig)
+}
+
+// interrupt runs kubectl like kubectl does, and sends it SIGINT (Ctrl-C)
+// after d. kubectl runs a plugin in its own process (exec), so the plugin
+// gets the signal.
+func (l *local) interrupt(d time.Duration, args ...string) (string, string, error) {
+	cmd := exec.Command(kubectl, args...)
+	cmd.Env = l.env()
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		return "", "", err
+	}
+	timer := time.AfterFunc(d, func() { _ = cmd.Process.Signal(os.Interrupt) })
+	defer timer.Stop()
+	err := cmd.Wait()
 	return stdout.String(), stderr.String(), err
 }
 
@@ -316,5 +339,43 @@ spec:
 	}
 	if desc, err := remote.Head(mirrored); err != nil || desc.Digest != digest {
 		t.Fatalf("mirror after restart: %v %v", desc, err)
+	}
+}
+
+// A port in use stops local mode at once with the flag to change, and
+// nothing else on the console: no etcd errors or stack traces.
+func TestPortsInUse(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	addr := busy.Addr().String()
+	port := busy.Addr().(*net.TCPAddr).Port
+	for _, tc := range []struct {
+		name, flag string
+		args       []string
+	}{
+		{"secure port", "--secure-port", []string{"--secure-port", fmt.Sprint(port), "--local-registry-address", fmt.Sprintf("127.0.0.1:%d", freePort(t))}},
+		{"registry", "--local-registry-address", []string{"--secure-port", fmt.Sprint(freePort(t)), "--local-registry-address", addr}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, binary, append([]string{"--local", "--local-dir", t.TempDir()}, tc.args...)...)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("started on a port in use:\n%s", out)
+			}
+			want := fmt.Sprintf("%s is in use by another process (another tagger-apiserver?): choose another with %s, e.g. make run ARGS=%s=", addr, tc.flag, tc.flag)
+			if !strings.Contains(string(out), want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+			for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				if strings.HasPrefix(line, "E") && !strings.Contains(line, "command failed") || strings.Contains(line, "stacktrace") || strings.Contains(line, `"level":"error"`) {
+					t.Errorf("noise on the console: %s", line)
+				}
+			}
+		})
 	}
 }

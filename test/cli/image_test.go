@@ -17,12 +17,15 @@ limitations under the License.
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -162,6 +165,12 @@ func TestImagePluginWithKubectl(t *testing.T) {
 	if err == nil || !strings.Contains(stderr, "kubectl image push missing") {
 		t.Fatalf("pull of a missing Image: %v %s", err, stderr)
 	}
+	// An archive that is not there: one colon after the reference, not
+	// containers/image's "oci-archive:nope.tar::".
+	_, stderr, err = l.kubectl("", "image", "push", "app", "oci-archive:nope.tar")
+	if err == nil || !strings.HasPrefix(stderr, "error: pushing oci-archive:nope.tar: ") || strings.Contains(stderr, "::") {
+		t.Fatalf("push of a missing archive: %v %s", err, stderr)
+	}
 	for _, c := range []string{"import", "push", "pull", "list", "rollback", "rollforward"} {
 		if out := l.mustKubectl("", "image", c, "--help"); !strings.Contains(out, "Examples:") {
 			t.Fatalf("%s --help has no examples:\n%s", c, out)
@@ -225,6 +234,15 @@ func TestLargePushStreams(t *testing.T) {
 	l.mustKubectl("", "image", "pull", "big", "oci:"+out)
 	if after2 := peakRSS(t, l.cmd.Process.Pid); after2-before > 100<<20 {
 		t.Fatalf("server peak RSS grew by %d MiB pulling %d MiB", (after2-before)>>20, size>>20)
+	}
+
+	// Ctrl-C in the middle of a push (into another repository, so that
+	// the blobs go up again) says so, without the relay's upload URL and
+	// its signed _state.
+	stdout, stderr, err := l.interrupt(time.Second, "image", "push", "big2", "--chunk-size", fmt.Sprint(4<<20), "oci:"+layout)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 130 || stdout != "" || strings.TrimSpace(stderr) != "error: interrupted" {
+		t.Fatalf("interrupted push: %v\nstdout: %s\nstderr: %s", err, stdout, stderr)
 	}
 }
 

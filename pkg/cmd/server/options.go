@@ -19,10 +19,14 @@ limitations under the License.
 package server
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -112,6 +116,12 @@ func NewOptions() *Options {
 // AddFlags adds the flags to fs.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	o.RecommendedOptions.AddFlags(fs)
+	if f := fs.Lookup("secure-port"); f != nil {
+		f.Usage += " With --local the default is 8443 (443 is taken to mean 8443)."
+	}
+	if f := fs.Lookup("bind-address"); f != nil {
+		f.Usage += " With --local, always 127.0.0.1."
+	}
 	fs.BoolVar(&o.Local, "local", o.Local, "Run without a cluster: embedded etcd and mirror registry under --local-dir, local token authentication, a kubeconfig written to <local-dir>/kubeconfig, serving on 127.0.0.1.")
 	fs.StringVar(&o.LocalDir, "local-dir", o.LocalDir, "Directory of local mode's data, kept across restarts.")
 	fs.StringVar(&o.LocalRegistryAddress, "local-registry-address", o.LocalRegistryAddress, "Address of local mode's embedded mirror registry; empty disables it.")
@@ -147,9 +157,16 @@ func (v *quantityValue) Set(s string) error {
 
 // Complete fills in what depends on other flags.
 func (o *Options) Complete() error {
-	if !o.Local {
-		return nil
+	if o.Local {
+		if err := o.completeLocal(); err != nil {
+			return err
+		}
 	}
+	return o.listen()
+}
+
+// completeLocal sets what local mode needs instead of a cluster.
+func (o *Options) completeLocal() error {
 	dir, err := filepath.Abs(o.LocalDir)
 	if err != nil {
 		return err
@@ -169,6 +186,51 @@ func (o *Options) Complete() error {
 	// Priority and fairness reads its configuration from kube-apiserver.
 	ro.Features.EnablePriorityAndFairness = false
 	return nil
+}
+
+// listen opens the serving port now, before anything else starts (local
+// mode's etcd and registry), so that a port in use is reported at once and
+// names the flag to change. With --permit-port-sharing or
+// --permit-address-sharing the generic server opens it later itself.
+func (o *Options) listen() error {
+	ss := o.RecommendedOptions.SecureServing
+	if ss == nil || ss.Listener != nil || ss.BindPort <= 0 || ss.PermitPortSharing || ss.PermitAddressSharing {
+		return nil
+	}
+	network := ss.BindNetwork
+	if network == "" {
+		network = "tcp"
+	}
+	addr := net.JoinHostPort(ss.BindAddress.String(), strconv.Itoa(ss.BindPort))
+	ln, err := (&net.ListenConfig{}).Listen(context.Background(), network, addr)
+	if err != nil {
+		return portHint(err, addr, "--secure-port", o.Local)
+	}
+	ss.Listener = ln
+	return nil
+}
+
+// portHint adds to an error listening on addr which flag chooses another
+// address when the address is in use. The hint has no double quotes: klog
+// would show them escaped.
+func portHint(err error, addr, flag string, local bool) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	hint := ""
+	if local {
+		next := addr
+		if host, port, splitErr := net.SplitHostPort(addr); splitErr == nil {
+			if p, convErr := strconv.Atoi(port); convErr == nil {
+				next = strconv.Itoa(p + 1)
+				if flag != "--secure-port" {
+					next = net.JoinHostPort(host, next)
+				}
+			}
+		}
+		hint = fmt.Sprintf(", e.g. make run ARGS=%s=%s", flag, next)
+	}
+	return fmt.Errorf("%s is in use by another process (another tagger-apiserver?): choose another with %s%s", addr, flag, hint)
 }
 
 // Validate checks the options.

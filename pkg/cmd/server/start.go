@@ -18,10 +18,12 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -141,6 +143,9 @@ func (o *Options) startLocal(ctx context.Context) (*localDeps, error) {
 		})
 		if err != nil {
 			l.close()
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return nil, fmt.Errorf("embedded registry: %w", portHint(err, o.LocalRegistryAddress, "--local-registry-address", true))
+			}
 			return nil, fmt.Errorf("embedded registry on %s: %w (set --local-registry-address to another address, or empty to disable it)", o.LocalRegistryAddress, err)
 		}
 		klog.InfoS("Embedded mirror registry serving", "address", l.registry.Addr())
