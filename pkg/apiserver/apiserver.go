@@ -19,6 +19,7 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -136,17 +137,17 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		return nil, fmt.Errorf("images storage: %w", err)
 	}
 	imageRegistry := imageetcd.NewRegistry(images, imageStatus)
-	io := c.ExtraConfig.ImportOptions
+	opts := c.ExtraConfig.ImportOptions
 	imageImports, importStatus, err := imageimport.NewREST(scheme.Scheme, optsGetter, imageimport.Deps{
 		Images:      imageRegistry,
 		Policy:      c.ExtraConfig.Policy,
 		Recorder:    c.ExtraConfig.Recorder,
-		SyncTimeout: io.SyncTimeout,
+		SyncTimeout: opts.SyncTimeout,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("imageimports storage: %w", err)
 	}
-	identity := io.Identity
+	identity := opts.Identity
 	if identity == "" {
 		identity, _ = os.Hostname()
 	}
@@ -157,11 +158,11 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		Images:           addGeneration{imageRegistry},
 		Sources:          c.ExtraConfig.Sources,
 		Recorder:         c.ExtraConfig.Recorder,
-		Backoff:          io.Backoff,
-		Timeout:          io.Timeout,
-		RenewInterval:    io.RenewInterval,
-		ResumeAfter:      io.ResumeAfter,
-		KeepClaimsOnStop: io.KeepClaimsOnStop,
+		Backoff:          opts.Backoff,
+		Timeout:          opts.Timeout,
+		RenewInterval:    opts.RenewInterval,
+		ResumeAfter:      opts.ResumeAfter,
+		KeepClaimsOnStop: opts.KeepClaimsOnStop,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("import controller: %w", err)
@@ -219,6 +220,9 @@ func (c completedConfig) New() (*TaggerServer, error) {
 	// Imports stop, their records released, before storage goes away.
 	gs.AddPreShutdownHookOrDie("tagger-import-controller", func() error {
 		controller.Stop()
+		if closer, ok := c.ExtraConfig.Importer.(io.Closer); ok {
+			return closer.Close() // its connection guard
+		}
 		return nil
 	})
 	return &TaggerServer{GenericAPIServer: gs}, nil

@@ -148,13 +148,13 @@ func (o *options) importCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cond := meta.FindStatusCondition(created.Status.Conditions, "Imported")
-			if cond != nil && cond.Status == metav1.ConditionFalse && cond.Reason == "Progressing" {
+			cond := meta.FindStatusCondition(created.Status.Conditions, v1beta1.ConditionImported)
+			if cond != nil && cond.Status == metav1.ConditionFalse && cond.Reason == v1beta1.ReasonProgressing {
 				fmt.Fprintf(o.streams.ErrOut, "imageimport %s is still in progress (%s), waiting...\n", created.Name, cond.Message)
 				if created, err = waitImport(ctx, c, ns, created); err != nil {
 					return err
 				}
-				cond = meta.FindStatusCondition(created.Status.Conditions, "Imported")
+				cond = meta.FindStatusCondition(created.Status.Conditions, v1beta1.ConditionImported)
 			}
 			if hr := created.Status.HashReference; hr != nil && cond != nil && cond.Status == metav1.ConditionTrue {
 				fmt.Fprintln(o.streams.Out, hr.ImageReference)
@@ -177,8 +177,8 @@ func (o *options) importCommand() *cobra.Command {
 // waitImport watches an import until it leaves Progressing.
 func waitImport(ctx context.Context, c taggerclient.Interface, ns string, ii *v1beta1.ImageImport) (*v1beta1.ImageImport, error) {
 	done := func(ii *v1beta1.ImageImport) bool {
-		cond := meta.FindStatusCondition(ii.Status.Conditions, "Imported")
-		return cond != nil && (cond.Status == metav1.ConditionTrue || cond.Reason != "Progressing")
+		cond := meta.FindStatusCondition(ii.Status.Conditions, v1beta1.ConditionImported)
+		return cond != nil && (cond.Status == metav1.ConditionTrue || cond.Reason != v1beta1.ReasonProgressing)
 	}
 	for {
 		w, err := c.TaggerV1beta1().ImageImports(ns).Watch(ctx, metav1.ListOptions{
