@@ -195,7 +195,7 @@ func TestImportRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A configuration error is not retried: one attempt, failed for good.
-	if n := len(got.Status.ImportAttempts); n != 1 || !strings.Contains(got.Status.ImportAttempts[n-1].Reason, "mirror-registry-config") {
+	if n := len(got.Status.ImportAttempts); n != 1 || !strings.Contains(got.Status.ImportAttempts[n-1].Reason, "--local-registry-address") {
 		t.Fatalf("attempts %+v", got.Status.ImportAttempts)
 	}
 	if c := meta.FindStatusCondition(got.Status.Conditions, v1beta1.ConditionFailed); c == nil || c.Status != metav1.ConditionTrue {
