@@ -184,6 +184,9 @@ func (r *REST) Create(ctx context.Context, obj runtime.Object, createValidation 
 		return nil, apierrors.NewServiceUnavailable("imports are not running yet")
 	}
 	rest.FillObjectMetaSystemFields(ii)
+	if ii.GenerateName != "" && ii.Name == "" {
+		ii.Name = r.Store.CreateStrategy.GenerateName(ii.GenerateName)
+	}
 	if err := rest.BeforeCreate(r.Store.CreateStrategy, ctx, obj); err != nil {
 		return nil, err
 	}

@@ -149,6 +149,20 @@ func TestCreateNameRace(t *testing.T) {
 	}
 }
 
+// TestCreateGeneratesName: generateName works as for any resource.
+func TestCreateGeneratesName(t *testing.T) {
+	r := newREST(t, nil, &fakeRunner{outcome: imported}, time.Second)
+	ii := newImport("", "registry.example.com/org/app:latest")
+	ii.GenerateName = "app-"
+	obj, err := r.Create(ctxNS(), ii, nil, &metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if name := obj.(*tagger.ImageImport).Name; !strings.HasPrefix(name, "app-") || len(name) <= len("app-") {
+		t.Fatalf("name %q", name)
+	}
+}
+
 // TestCreateInherits: unset fields come from the Image; insecure only when
 // the import's source is on the Image's registry.
 func TestCreateInherits(t *testing.T) {
