@@ -275,7 +275,7 @@ spec:
 	}
 	l.mustKubectl("", "wait", "--for=condition=Imported", "imageimport/app-1", "--timeout=30s")
 	out = l.mustKubectl("", "get", "imageimports")
-	if got, want := strings.Join(header(out), " "), "NAME INSECURE MIRROR TARGETIMAGE IMPORTEDAT IMAGEREFERENCE"; got != want || !strings.Contains(out, wantRef) {
+	if got, want := strings.Join(header(out), " "), "NAME INSECURE MIRROR TARGETIMAGE STATUS IMPORTEDAT IMAGEREFERENCE"; got != want || !strings.Contains(out, wantRef) {
 		t.Fatalf("get imageimports:\n%s", out)
 	}
 	if out := l.mustKubectl("", "get", "img", "app", "-o", "jsonpath={.status.hashReferences[0].imageReference}"); out != wantRef {
