@@ -7,23 +7,33 @@ GO          ?= go
 BIN         := bin
 TEST_FLAGS  ?= -count=1 -timeout 30m
 BENCH_FLAGS ?= -benchtime 5x -benchmem
+# Extra flags for "make run", e.g. ARGS="--auth-file $$HOME/.docker/config.json -v=2".
+ARGS        ?=
+# No DWARF: links a second faster and the binary 30% smaller; panics still
+# show stack traces. (No -trimpath: it would compile every package again,
+# apart from what "go test" and "go vet" compile.)
+LDFLAGS     ?= -s -w
 
 .PHONY: all build run test test-unit verify update-codegen verify-codegen vet fmt bench clean
 
 all: build
 
+# hack/build.sh says what it builds and counts the packages it compiles.
 build:
-	$(GO) build -o $(BIN)/tagger-apiserver ./cmd/tagger-apiserver
-	$(GO) build -o $(BIN)/kubectl-image ./cmd/kubectl-image
+	@./hack/build.sh $(BIN) -ldflags="$(LDFLAGS)" ./cmd/tagger-apiserver ./cmd/kubectl-image
 
 # Starts Tagger on this machine: embedded etcd and mirror registry under
-# .tagger/, kubeconfig at .tagger/kubeconfig.
-run: build
-	./$(BIN)/tagger-apiserver --local --local-dir .tagger
+# .tagger/, kubeconfig at .tagger/kubeconfig. Builds only the server (the
+# plugin is "make build").
+run:
+	@./hack/build.sh $(BIN) -ldflags="$(LDFLAGS)" ./cmd/tagger-apiserver
+	./$(BIN)/tagger-apiserver --local --local-dir .tagger $(ARGS)
 
-# Everything CI checks: generated code, formatting, vet, all tests.
+# Everything CI checks: generated code, formatting, vet, all tests, the
+# end-to-end suite included (TAGGER_E2E=skip leaves it out, and says so).
 test: verify
 	$(GO) test $(TEST_FLAGS) ./...
+	@if [ "$${TAGGER_E2E:-}" = skip ]; then echo "NOTE: the end-to-end suite (test/e2e) did not run (TAGGER_E2E=skip): make test-e2e runs it"; fi
 
 test-unit:
 	$(GO) test -short ./...
