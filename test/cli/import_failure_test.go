@@ -60,7 +60,7 @@ spec:
 	if err == nil {
 		t.Fatalf("kubectl image import of a missing tag exited 0:\n%s%s", stdout, stderr)
 	}
-	if !strings.Contains(stderr, "failed") || !strings.Contains(stderr, "unknown") || stdout != "" {
+	if !strings.Contains(stderr, "failed") || !strings.Contains(stderr, "unknown") || stdout != "" || strings.Contains(stderr, "warnings.go") {
 		t.Fatalf("kubectl image import:\nstdout: %q\nstderr: %s", stdout, stderr)
 	}
 }

@@ -217,3 +217,39 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestLongRegistryErrorIsBounded: a registry answering with a 40 KB error
+// message neither makes the create fail (422 on a field the server wrote)
+// nor leaves the import Progressing: it fails, saying why in bounded text.
+func TestLongRegistryErrorIsBounded(t *testing.T) {
+	long := strings.Repeat("very long explanation ", 2000) // ~44 KB
+	src := startRegistry(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/manifests/") {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusNotFound)
+				if r.Method != http.MethodHead {
+					_, _ = w.Write([]byte(`{"errors":[{"code":"MANIFEST_UNKNOWN","message":"` + long + `"}]}`))
+				}
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	s := startServer(t, serverOptions{})
+	ii := newImport("long", "long", src.Addr()+"/src/long:latest")
+	ii.Spec.Insecure = ptr.To(true)
+	got, err := s.client.TaggerV1beta1().ImageImports(ns).Create(context.Background(), ii, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create: %v", err)
+	}
+	f := meta.FindStatusCondition(got.Status.Conditions, v1beta1.ConditionFailed)
+	if f == nil || f.Status != metav1.ConditionTrue {
+		t.Fatalf("conditions %+v", got.Status.Conditions)
+	}
+	for _, msg := range []string{f.Message, imported(got).Message, got.Status.ImportAttempts[0].Reason} {
+		if len(msg) > v1beta1.MaxReasonLength || !strings.Contains(msg, "manifest unknown") {
+			t.Errorf("message of %d bytes: %.300q", len(msg), msg)
+		}
+	}
+}

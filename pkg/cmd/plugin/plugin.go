@@ -51,6 +51,9 @@ import (
 type options struct {
 	flags   *genericclioptions.ConfigFlags
 	streams genericiooptions.IOStreams
+	// quiet drops the server's warnings, for commands that report the
+	// same thing as their error.
+	quiet bool
 }
 
 func (o *options) config() (*rest.Config, string, error) {
@@ -61,6 +64,11 @@ func (o *options) config() (*rest.Config, string, error) {
 	ns, _, err := o.flags.ToRawKubeConfigLoader().Namespace()
 	if err != nil {
 		return nil, "", err
+	}
+	// As kubectl prints them, not as log lines.
+	cfg.WarningHandler = rest.NewWarningWriter(o.streams.ErrOut, rest.WarningWriterOptions{Deduplicate: true})
+	if o.quiet {
+		cfg.WarningHandler = rest.NoWarnings{}
 	}
 	return cfg, ns, nil
 }
@@ -128,6 +136,7 @@ func (o *options) importCommand() *cobra.Command {
   kubectl image import web`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.quiet = true // a failed import is this command's error
 			c, _, ns, err := o.client()
 			if err != nil {
 				return err

@@ -110,6 +110,11 @@ type Config struct {
 	// Timeout bounds an import from its record's creation: past it the
 	// import ends NoMoreAttempts.
 	Timeout time.Duration
+	// ResolveTimeout bounds one attempt of an import without mirror (a
+	// registry that accepts the connection and never answers must not hold
+	// it until Timeout); mirrored attempts copy images of any size and are
+	// bounded by Timeout only.
+	ResolveTimeout time.Duration
 	// RenewInterval is how often a runner renews its claim.
 	RenewInterval time.Duration
 	// ResumeAfter is how long a claim may go unrenewed before another
@@ -161,6 +166,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 30 * time.Minute
+	}
+	if cfg.ResolveTimeout <= 0 {
+		cfg.ResolveTimeout = 2 * time.Minute
 	}
 	if cfg.RenewInterval <= 0 {
 		cfg.RenewInterval = 30 * time.Second
@@ -296,7 +304,12 @@ func (c *Controller) run(rec *tagger.ImageImport) *tagger.ImageImport {
 			err error
 		)
 		if ctx.Err() == nil {
-			res, err = r.attempt(ctx)
+			actx, cancelAttempt := ctx, context.CancelFunc(func() {})
+			if !ptr.Deref(rec.Spec.Mirror, false) {
+				actx, cancelAttempt = context.WithTimeout(ctx, c.cfg.ResolveTimeout)
+			}
+			res, err = r.attempt(actx)
+			cancelAttempt()
 		} else {
 			err = ctx.Err()
 		}

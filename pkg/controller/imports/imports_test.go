@@ -149,6 +149,7 @@ type fakeImporter struct {
 	mu    sync.Mutex
 	calls int
 	fn    func(call int, req importer.Request) (importer.Result, error)
+	ctxFn func(ctx context.Context, call int, req importer.Request) (importer.Result, error)
 }
 
 func (f *fakeImporter) Import(ctx context.Context, req importer.Request) (importer.Result, error) {
@@ -156,6 +157,9 @@ func (f *fakeImporter) Import(ctx context.Context, req importer.Request) (import
 	f.calls++
 	n := f.calls
 	f.mu.Unlock()
+	if f.ctxFn != nil {
+		return f.ctxFn(ctx, n, req)
+	}
 	return f.fn(n, req)
 }
 
@@ -526,4 +530,21 @@ func TestSyncLosesRace(t *testing.T) {
 
 func toV1beta1(ii *tagger.ImageImport) *taggerv1beta1.ImageImport {
 	return &taggerv1beta1.ImageImport{ObjectMeta: *ii.ObjectMeta.DeepCopy(), Status: taggerv1beta1.ImageImportStatus{Conditions: ii.Status.Conditions}}
+}
+
+// TestHangingRegistryAttemptTimesOut: an attempt without mirror that never
+// gets an answer ends at ResolveTimeout and is retried.
+func TestHangingRegistryAttemptTimesOut(t *testing.T) {
+	e := newEnv(t, "me", nil, func(c *Config) { c.ResolveTimeout = 50 * time.Millisecond })
+	e.importer.ctxFn = func(ctx context.Context, n int, r importer.Request) (importer.Result, error) {
+		if n == 1 {
+			<-ctx.Done() // a registry that never answers
+			return importer.Result{}, ctx.Err()
+		}
+		return okResult(r)
+	}
+	got := e.runToEnd(t, e.reserve("imp", "me"))
+	if c := cond(got, tagger.ConditionImported); c == nil || c.Status != metav1.ConditionTrue || len(got.Status.ImportAttempts) != 2 {
+		t.Fatalf("status %+v", got.Status)
+	}
 }
