@@ -38,6 +38,11 @@ const (
 	localRegistryHostingKey       = "localRegistryHosting.v1"
 )
 
+// RepositorySeparator joins namespace and Image name into one repository
+// path component when the mirror config names a repository: "_" occurs in
+// neither, so the join is one to one.
+const RepositorySeparator = "_"
+
 // ErrNoMirror explains how to configure a mirror.
 var ErrNoMirror = fmt.Errorf("no mirror registry is configured: create the Secret %q (keys: address, username, password, token, insecure, repository) in this namespace or in Tagger's namespace, or publish the %s/%s ConfigMap",
 	MirrorSecretName, LocalRegistryHostingNamespace, LocalRegistryHostingName)
@@ -91,8 +96,23 @@ func MirrorConfigFromLocalRegistryHosting(data map[string]string) (MirrorConfig,
 }
 
 // Mirror returns where the Image namespace/name goes in this mirror:
-// "<address>/<namespace>/<name>", or "<address>/<repository>/<namespace>-<name>"
-// (the original Tagger's layout) for registries that give one repository.
+// "<address>/<namespace>/<name>", or "<address>/<repository>/<namespace>_<name>"
+// for registries that give one repository (a Docker Hub or Quay
+// organization, say).
+//
+// The mapping is one to one, so that no two tenants share a repository:
+// namespaces are DNS labels and Image names DNS subdomains, neither holds a
+// "/" or a "_", so the first "/" (or "_") after the prefix is where the
+// namespace ends.
+//
+// Migration: before, the repository layout was "<namespace>-<name>", where
+// "team/x-app" and "team-x/app" met. Generations recorded then keep their
+// references, and pods keep pulling them; new imports and pushes go to
+// "<namespace>_<name>". To pull old generations through images/pull,
+// copy each old repository to its new name first (for example
+// "crane cp <address>/<repository>/<namespace>-<name>:<tag>
+// <address>/<repository>/<namespace>_<name>:<tag>" for its tagger-sha256-*
+// tags), or import them again with mirroring.
 func (c MirrorConfig) Mirror(namespace, name string) *importer.Mirror {
 	address := c.Address
 	for _, scheme := range []string{"https://", "http://"} {
@@ -101,7 +121,7 @@ func (c MirrorConfig) Mirror(namespace, name string) *importer.Mirror {
 	address = strings.TrimRight(address, "/")
 	repo := address + "/" + namespace + "/" + name
 	if c.Repository != "" {
-		repo = address + "/" + c.Repository + "/" + namespace + "-" + name
+		repo = address + "/" + c.Repository + "/" + namespace + RepositorySeparator + name
 	}
 	m := &importer.Mirror{Repository: repo, Insecure: c.Insecure}
 	if c.Username != "" || c.Password != "" || c.Token != "" {

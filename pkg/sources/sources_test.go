@@ -112,7 +112,7 @@ func TestClusterMirrorLookupOrder(t *testing.T) {
 	}{
 		"namespace overrides global": {
 			objs: []runtime.Object{global, perNamespace, hosting}, namespace: "team-a",
-			want: &importer.Mirror{Repository: "team-mirror.example:5000/shared/team-a-app", Credential: &importer.Credential{Token: "t0k3n"}},
+			want: &importer.Mirror{Repository: "team-mirror.example:5000/shared/team-a_app", Credential: &importer.Credential{Token: "t0k3n"}},
 		},
 		"global for other namespaces": {
 			objs: []runtime.Object{global, perNamespace, hosting}, namespace: "team-b",

@@ -56,14 +56,14 @@ func TestMirror(t *testing.T) {
 				t.Errorf("global mirror %s: %v %v, want %s", ref, d, err, digest)
 			}
 		}
-		if _, err := local.head(t, "team/"+plain+"-app@"+digest.String()); err == nil {
+		if _, err := local.head(t, "team/"+plain+"_app@"+digest.String()); err == nil {
 			t.Error("the namespace's own mirror got an image of another namespace")
 		}
 	})
 
 	t.Run("namespace overrides global", func(t *testing.T) {
 		ii := c.importImage(t, "admin", own, "app", from, true, true)
-		repo := "team/" + own + "-app"
+		repo := "team/" + own + "_app"
 		if got, want := mustImport(t, ii), local.Addr()+"/"+repo+"@"+digest.String(); got != want {
 			t.Fatalf("imageReference = %s, want %s", got, want)
 		}
