@@ -18,6 +18,7 @@ package integration
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -32,7 +33,9 @@ import (
 	"k8s.io/utils/ptr"
 
 	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
+	"tagger.dev/tagger/pkg/apiserver"
 	taggerclient "tagger.dev/tagger/pkg/generated/clientset/versioned"
+	"tagger.dev/tagger/pkg/importer"
 )
 
 // TestSlowOldImportDoesNotBecomeCurrent: a slow mirrored import of digest A
@@ -251,5 +254,56 @@ func TestLongRegistryErrorIsBounded(t *testing.T) {
 		if len(msg) > v1beta1.MaxReasonLength || !strings.Contains(msg, "manifest unknown") {
 			t.Errorf("message of %d bytes: %.300q", len(msg), msg)
 		}
+	}
+}
+
+// TestTokenRealmPastPolicyIsRefused: a registry whose 401 sends clients to
+// a token realm on a denied address gets the import refused by the policy,
+// and the denied address never sees a connection.
+func TestTokenRealmPastPolicyIsRefused(t *testing.T) {
+	denied, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int32
+	go func() {
+		for {
+			c, err := denied.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			_ = c.Close()
+		}
+	}()
+	t.Cleanup(func() { _ = denied.Close() })
+	realm := "http://" + denied.Addr().String() + "/token"
+	src := startRegistry(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Authorization") == "" {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`",service="registry"`)
+				w.WriteHeader(http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	s := startServer(t, serverOptions{configure: func(c *apiserver.Config) {
+		policy := importer.Policy{Deny: []string{denied.Addr().String()}}
+		c.ExtraConfig.Importer = importer.New(importer.Options{Policy: policy})
+		c.ExtraConfig.Policy = policy
+	}})
+	ii := newImport("realm", "realm", src.Addr()+"/src/app:latest")
+	ii.Spec.Insecure = ptr.To(true)
+	got, err := s.client.TaggerV1beta1().ImageImports(ns).Create(context.Background(), ii, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := meta.FindStatusCondition(got.Status.Conditions, v1beta1.ConditionFailed)
+	if f == nil || !strings.Contains(f.Message, "not allowed") || len(got.Status.ImportAttempts) != 1 {
+		t.Fatalf("status %+v", got.Status)
+	}
+	if n := accepted.Load(); n != 0 {
+		t.Fatalf("the denied token realm saw %d connections", n)
 	}
 }
