@@ -75,6 +75,11 @@ type Options struct {
 	// ImportIdentity names this server in the imports it runs; empty means
 	// the host name (the pod name in a cluster), "local" in local mode.
 	ImportIdentity string
+	// ImportRenewInterval and ImportResumeAfter: how often a server renews
+	// its claim on the imports it runs, and how old a claim must be before
+	// another server takes the import over.
+	ImportRenewInterval time.Duration
+	ImportResumeAfter   time.Duration
 	// MaxPushBytes bounds each blob and manifest pushed through images/push.
 	MaxPushBytes resource.Quantity
 
@@ -97,6 +102,8 @@ func NewOptions() *Options {
 		Namespace:            os.Getenv("POD_NAMESPACE"),
 		ImportSyncTimeout:    33 * time.Second,
 		ImportTimeout:        30 * time.Minute,
+		ImportRenewInterval:  30 * time.Second,
+		ImportResumeAfter:    2 * time.Minute,
 		MaxPushBytes:         resource.MustParse("10Gi"),
 		LeaderElection: rollout.LeaderElection{
 			Name:          "tagger-rollout",
@@ -131,7 +138,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.DeniedRegistries, "denied-registries", o.DeniedRegistries, "Source registries imports may not use, besides link-local and metadata addresses, which are always refused.")
 	fs.DurationVar(&o.ImportSyncTimeout, "import-sync-timeout", o.ImportSyncTimeout, "How long creating an ImageImport waits for its import before answering with it Progressing (the import goes on; \"kubectl wait\" follows it). It can shorten the wait, not lengthen it: k8s.io/apiserver ends every create at 34 s, so 33s is the most a create can wait.")
 	fs.DurationVar(&o.ImportTimeout, "import-timeout", o.ImportTimeout, "Upper bound of one import, all attempts included.")
-	fs.StringVar(&o.ImportIdentity, "import-identity", o.ImportIdentity, "Name of this server in the ImageImports it runs (replicas sharing an etcd need different ones); empty means the host name, \"local\" in local mode. A server restarting under the same name resumes its interrupted imports at once; others wait until the claim is 2 minutes old.")
+	fs.StringVar(&o.ImportIdentity, "import-identity", o.ImportIdentity, "Name of this server in the ImageImports it runs (replicas sharing an etcd need different ones); empty means the host name, \"local\" in local mode. A server restarting under the same name resumes its interrupted imports at once; others wait until the claim is --import-resume-after old.")
+	fs.DurationVar(&o.ImportRenewInterval, "import-renew-interval", o.ImportRenewInterval, "How often a server renews its claim on each import it runs.")
+	fs.DurationVar(&o.ImportResumeAfter, "import-resume-after", o.ImportResumeAfter, "How long a claim may go unrenewed (its server crashed) before another server resumes the import. Keep it several times --import-renew-interval.")
 	fs.BoolVar(&o.EnablePodWebhook, "enable-pod-webhook", o.EnablePodWebhook, "Serve the pod admission webhook at "+podimages.Path+": pods of opted-in namespaces (label "+podimages.NamespaceLabel+"="+podimages.NamespaceLabelValue+") that name an Image get its current digest reference. Cluster mode only.")
 	fs.BoolVar(&o.EnableRollout, "enable-rollout", o.EnableRollout, "Roll out Deployments, StatefulSets and DaemonSets annotated "+rollout.FollowAnnotation+`: "true" when the current generation of an Image their pods use changes; one replica at a time, elected through a Lease. Cluster mode only.`)
 	fs.StringVar(&o.LeaderElection.Name, "leader-elect-resource-name", o.LeaderElection.Name, "Name of the coordination.k8s.io Lease, in --namespace, that elects the replica running the rollout controller.")
@@ -237,6 +246,9 @@ func portHint(err error, addr, flag string, local bool) error {
 func (o *Options) Validate() error {
 	var errs []error
 	errs = append(errs, o.RecommendedOptions.Validate()...)
+	if o.ImportRenewInterval <= 0 || o.ImportResumeAfter < 2*o.ImportRenewInterval {
+		errs = append(errs, fmt.Errorf("--import-resume-after (%s) must be at least twice --import-renew-interval (%s)", o.ImportResumeAfter, o.ImportRenewInterval))
+	}
 	if o.ImportSyncTimeout <= 0 || o.ImportTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--import-sync-timeout and --import-timeout must be positive"))
 	}

@@ -208,6 +208,8 @@ func (o *Options) Config() (*apiserver.Config, error) {
 			Identity:    o.ImportIdentity,
 			SyncTimeout: o.ImportSyncTimeout,
 			Timeout:     o.ImportTimeout,
+			RenewInterval: o.ImportRenewInterval,
+			ResumeAfter:   o.ImportResumeAfter,
 		},
 	}
 	broadcaster := record.NewBroadcaster()
