@@ -49,6 +49,7 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 		&ImageList{},
 		&ImageImport{},
 		&ImageImportList{},
+		&RegistryHook{},
 		&ImagePushOptions{},
 		&ImagePullOptions{},
 	)

@@ -16,6 +16,8 @@ limitations under the License.
 package tagger
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -59,6 +61,38 @@ const (
 	// over by another server.
 	AnnotationImportRunner  = "tagger.dev/import-runner"
 	AnnotationImportRenewed = "tagger.dev/import-renewed"
+
+	// DefaultImportInterval is how often a scheduled Image is checked when
+	// spec.importPolicy.interval is not set.
+	DefaultImportInterval = 15 * time.Minute
+
+	// ConditionChecked reports the last check Tagger made of an Image on its
+	// own (scheduled, or asked by a registry webhook): True when the source
+	// still resolves to the Image's generation (ReasonUnchanged), when a new
+	// digest is being imported (ReasonImportStarted) or was imported
+	// (ReasonImageImported); False when the check (ReasonCheckFailed) or the
+	// import it started (ReasonImportFailed) failed. Checks back off while
+	// it is False.
+	ConditionChecked = "Checked"
+	// ReasonUnchanged: the source resolved to the digest already recorded.
+	ReasonUnchanged = "Unchanged"
+	// ReasonImportStarted: the source moved; an ImageImport records it.
+	ReasonImportStarted = "ImportStarted"
+	// ReasonCheckFailed: resolving the source (or listing its tags) failed.
+	ReasonCheckFailed = "CheckFailed"
+	// ReasonImportFailed: the ImageImport a check started failed.
+	ReasonImportFailed = "ImportFailed"
+
+	// LabelImportTrigger marks the ImageImports Tagger created on its own,
+	// with TriggerScheduled or TriggerWebhook;
+	// AnnotationImportTriggerDetail says what was found ("... moved from
+	// sha256:... to sha256:...", or which webhook delivered which push).
+	LabelImportTrigger            = "tagger.dev/import-trigger"
+	AnnotationImportTriggerDetail = "tagger.dev/import-trigger-detail"
+	// TriggerScheduled marks an import started by a scheduled check.
+	TriggerScheduled = "scheduled"
+	// TriggerWebhook marks an import started by a registry webhook.
+	TriggerWebhook = "webhook"
 )
 
 // +genclient
@@ -81,6 +115,44 @@ type ImageSpec struct {
 	// PinnedReference, when set, is the generation consumers should use
 	// instead of the newest (a rollback).
 	PinnedReference string
+	// ImportPolicy says when Tagger imports on its own; nil means never.
+	ImportPolicy *ImportPolicy
+	// TagPolicy, when set, chooses the tag of From (which then names a
+	// repository) among the repository's tags.
+	TagPolicy *TagPolicy
+}
+
+// ImportPolicy says when Tagger checks an Image's source on its own.
+type ImportPolicy struct {
+	// Scheduled turns on the periodic check.
+	Scheduled bool
+	// Interval is the time between checks.
+	Interval *metav1.Duration
+}
+
+// TagOrder orders the values a TagPolicy extracts from tags.
+type TagOrder string
+
+const (
+	// TagOrderAlphabetical compares extracted values as strings.
+	TagOrderAlphabetical TagOrder = "Alphabetical"
+	// TagOrderNumerical compares extracted values as numbers.
+	TagOrderNumerical TagOrder = "Numerical"
+)
+
+// TagPolicy chooses a tag among a repository's tags: the highest of those
+// it admits.
+type TagPolicy struct {
+	// Semver is a Masterminds semver range; tags (or their extracted part)
+	// are compared as versions.
+	Semver string
+	// Pattern is a regular expression tags must match.
+	Pattern string
+	// Extract is the part of a matching tag to compare, with $name or
+	// ${n} references to the groups of Pattern; empty means the whole tag.
+	Extract string
+	// Order compares extracted parts when Semver is not set.
+	Order TagOrder
 }
 
 // ImageStatus holds the generations, newest first.
@@ -89,6 +161,10 @@ type ImageStatus struct {
 	// CurrentReference is spec.pinnedReference when set, else the newest
 	// generation's reference; the strategies keep it so.
 	CurrentReference string
+	// LastCheckedAt is when Tagger last checked the source on its own.
+	LastCheckedAt *metav1.Time
+	// Conditions hold ConditionChecked.
+	Conditions []metav1.Condition
 }
 
 // HashReference is one generation of an Image.
@@ -129,6 +205,8 @@ type ImageImportSpec struct {
 	From        string
 	Mirror      *bool
 	Insecure    *bool
+	// TagPolicy chooses the tag of From among the repository's tags.
+	TagPolicy *TagPolicy
 }
 
 // ImageImportStatus is the outcome of the import.
@@ -153,6 +231,35 @@ type ImageImportList struct {
 	metav1.ListMeta
 
 	Items []ImageImport
+}
+
+// +genclient
+// +genclient:onlyVerbs=create
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// RegistryHook is the registry webhook of a namespace: creating one returns
+// the URL registries call when a tag is pushed. It is not stored.
+type RegistryHook struct {
+	metav1.TypeMeta
+	metav1.ObjectMeta
+
+	Spec   RegistryHookSpec
+	Status RegistryHookStatus
+}
+
+// RegistryHookSpec asks for the hook URL.
+type RegistryHookSpec struct {
+	// Rotate replaces the namespace's token: URLs given out before stop
+	// working.
+	Rotate bool
+}
+
+// RegistryHookStatus is the hook of the namespace.
+type RegistryHookStatus struct {
+	// URL is what registries call; it carries the token.
+	URL string
+	// Token authenticates the calls.
+	Token string
 }
 
 // +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object

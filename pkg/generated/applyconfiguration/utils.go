@@ -48,6 +48,10 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &taggerv1beta1.ImageStatusApplyConfiguration{}
 	case v1beta1.SchemeGroupVersion.WithKind("ImportAttempt"):
 		return &taggerv1beta1.ImportAttemptApplyConfiguration{}
+	case v1beta1.SchemeGroupVersion.WithKind("ImportPolicy"):
+		return &taggerv1beta1.ImportPolicyApplyConfiguration{}
+	case v1beta1.SchemeGroupVersion.WithKind("TagPolicy"):
+		return &taggerv1beta1.TagPolicyApplyConfiguration{}
 
 	}
 	return nil

@@ -100,6 +100,11 @@ func GetOpenAPIDefinitions(ref common.ReferenceCallback) map[string]common.OpenA
 		v1beta1.ImageSpec{}.OpenAPIModelName():            schema_pkg_apis_tagger_v1beta1_ImageSpec(ref),
 		v1beta1.ImageStatus{}.OpenAPIModelName():          schema_pkg_apis_tagger_v1beta1_ImageStatus(ref),
 		v1beta1.ImportAttempt{}.OpenAPIModelName():        schema_pkg_apis_tagger_v1beta1_ImportAttempt(ref),
+		v1beta1.ImportPolicy{}.OpenAPIModelName():         schema_pkg_apis_tagger_v1beta1_ImportPolicy(ref),
+		v1beta1.RegistryHook{}.OpenAPIModelName():         schema_pkg_apis_tagger_v1beta1_RegistryHook(ref),
+		v1beta1.RegistryHookSpec{}.OpenAPIModelName():     schema_pkg_apis_tagger_v1beta1_RegistryHookSpec(ref),
+		v1beta1.RegistryHookStatus{}.OpenAPIModelName():   schema_pkg_apis_tagger_v1beta1_RegistryHookStatus(ref),
+		v1beta1.TagPolicy{}.OpenAPIModelName():            schema_pkg_apis_tagger_v1beta1_TagPolicy(ref),
 	}
 }
 
@@ -3009,10 +3014,18 @@ func schema_pkg_apis_tagger_v1beta1_ImageImportSpec(ref common.ReferenceCallback
 							Format:      "",
 						},
 					},
+					"tagPolicy": {
+						SchemaProps: spec.SchemaProps{
+							Description: "TagPolicy chooses the tag of from among the repository's tags (from then has no tag). It defaults to the target Image's spec.tagPolicy when from is unset too.",
+							Ref:         ref(v1beta1.TagPolicy{}.OpenAPIModelName()),
+						},
+					},
 				},
 				Required: []string{"targetImage"},
 			},
 		},
+		Dependencies: []string{
+			v1beta1.TagPolicy{}.OpenAPIModelName()},
 	}
 }
 
@@ -3244,10 +3257,24 @@ func schema_pkg_apis_tagger_v1beta1_ImageSpec(ref common.ReferenceCallback) comm
 							Format:      "",
 						},
 					},
+					"importPolicy": {
+						SchemaProps: spec.SchemaProps{
+							Description: "ImportPolicy says when Tagger imports this Image on its own: on a schedule (\"scheduled: true\"). Registry webhooks re-import every Image they match, whatever this says. Unset means only when asked.",
+							Ref:         ref(v1beta1.ImportPolicy{}.OpenAPIModelName()),
+						},
+					},
+					"tagPolicy": {
+						SchemaProps: spec.SchemaProps{
+							Description: "TagPolicy, when set, chooses the tag to import among the tags of the repository spec.from names (spec.from then has no tag): the highest tag the policy admits. Every import uses it, manual, scheduled or webhook; the generation's from names the chosen tag.",
+							Ref:         ref(v1beta1.TagPolicy{}.OpenAPIModelName()),
+						},
+					},
 				},
 				Required: []string{"from"},
 			},
 		},
+		Dependencies: []string{
+			v1beta1.ImportPolicy{}.OpenAPIModelName(), v1beta1.TagPolicy{}.OpenAPIModelName()},
 	}
 }
 
@@ -3283,11 +3310,38 @@ func schema_pkg_apis_tagger_v1beta1_ImageStatus(ref common.ReferenceCallback) co
 							Format:      "",
 						},
 					},
+					"lastCheckedAt": {
+						SchemaProps: spec.SchemaProps{
+							Description: "LastCheckedAt is when Tagger last checked spec.from on its own (on schedule, or asked by a registry webhook). Replicas claim a check by writing it, so each interval sees one check.",
+							Ref:         ref(v1.Time{}.OpenAPIModelName()),
+						},
+					},
+					"conditions": {
+						VendorExtensible: spec.VendorExtensible{
+							Extensions: spec.Extensions{
+								"x-kubernetes-list-map-keys": []interface{}{
+									"type",
+								},
+								"x-kubernetes-list-type": "map",
+							},
+						},
+						SchemaProps: spec.SchemaProps{
+							Description: "Conditions hold \"Checked\", the outcome of the last check Tagger made on its own: True with reason Unchanged (the source still resolves to the recorded digest), ImportStarted (it moved: the message names the ImageImport) or ImageImported; False with reason CheckFailed or ImportFailed and why.",
+							Type:        []string{"array"},
+							Items: &spec.SchemaOrArray{
+								Schema: &spec.Schema{
+									SchemaProps: spec.SchemaProps{
+										Ref: ref(v1.Condition{}.OpenAPIModelName()),
+									},
+								},
+							},
+						},
+					},
 				},
 			},
 		},
 		Dependencies: []string{
-			v1beta1.HashReference{}.OpenAPIModelName()},
+			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), v1beta1.HashReference{}.OpenAPIModelName()},
 	}
 }
 
@@ -3325,5 +3379,171 @@ func schema_pkg_apis_tagger_v1beta1_ImportAttempt(ref common.ReferenceCallback) 
 		},
 		Dependencies: []string{
 			v1.Time{}.OpenAPIModelName()},
+	}
+}
+
+func schema_pkg_apis_tagger_v1beta1_ImportPolicy(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "ImportPolicy says when Tagger checks an Image's source on its own. A check resolves the source (a manifest HEAD; with a tag policy, the tag list first): when the tag moved, an ImageImport labelled tagger.dev/import-trigger records the import as if created by hand; otherwise only status.lastCheckedAt and the Checked condition change.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"scheduled": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Scheduled turns on the periodic check.",
+							Type:        []string{"boolean"},
+							Format:      "",
+						},
+					},
+					"interval": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Interval is the time between two checks, e.g. \"15m\" (the default) or \"1h\"; the server refuses intervals shorter than its --min-import-interval (1m by default). Checks are spread by a jitter of up to a tenth of the interval, and back off while they fail.",
+							Ref:         ref(v1.Duration{}.OpenAPIModelName()),
+						},
+					},
+				},
+			},
+		},
+		Dependencies: []string{
+			v1.Duration{}.OpenAPIModelName()},
+	}
+}
+
+func schema_pkg_apis_tagger_v1beta1_RegistryHook(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "RegistryHook is the registry webhook of a namespace. Creating one (any name, or none) returns in its status the URL a registry calls when a tag is pushed, creating the namespace's token when there is none; nothing is stored but the token (\"kubectl image hook-url\" does this). A call re-imports the Images of the namespace whose spec.from names the pushed repository and tag (or whose tag policy admits the tag).",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"kind": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Kind is a string value representing the REST resource this object represents. Servers may infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"apiVersion": {
+						SchemaProps: spec.SchemaProps{
+							Description: "APIVersion defines the versioned schema of this representation of an object. Servers should convert recognized schemas to the latest internal value, and may reject unrecognized values. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"metadata": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Standard object metadata.",
+							Default:     map[string]interface{}{},
+							Ref:         ref(v1.ObjectMeta{}.OpenAPIModelName()),
+						},
+					},
+					"spec": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Spec asks for the URL.",
+							Default:     map[string]interface{}{},
+							Ref:         ref(v1beta1.RegistryHookSpec{}.OpenAPIModelName()),
+						},
+					},
+					"status": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Status is the hook of the namespace.",
+							Default:     map[string]interface{}{},
+							Ref:         ref(v1beta1.RegistryHookStatus{}.OpenAPIModelName()),
+						},
+					},
+				},
+			},
+		},
+		Dependencies: []string{
+			v1.ObjectMeta{}.OpenAPIModelName(), v1beta1.RegistryHookSpec{}.OpenAPIModelName(), v1beta1.RegistryHookStatus{}.OpenAPIModelName()},
+	}
+}
+
+func schema_pkg_apis_tagger_v1beta1_RegistryHookSpec(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "RegistryHookSpec asks for the hook URL of a namespace.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"rotate": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Rotate replaces the namespace's token with a new one: URLs given out before stop working.",
+							Type:        []string{"boolean"},
+							Format:      "",
+						},
+					},
+				},
+			},
+		},
+	}
+}
+
+func schema_pkg_apis_tagger_v1beta1_RegistryHookStatus(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "RegistryHookStatus is the hook of a namespace.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"url": {
+						SchemaProps: spec.SchemaProps{
+							Description: "URL is what registries call: <base>/webhooks/tagger.dev/registry/<namespace>/<token>.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"token": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Token authenticates calls: it is part of URL, and registries that can sign or send a header use it too (GitHub's webhook secret, Harbor's auth header and the distribution registry's Authorization header as \"Bearer <token>\").",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+				},
+			},
+		},
+	}
+}
+
+func schema_pkg_apis_tagger_v1beta1_TagPolicy(ref common.ReferenceCallback) common.OpenAPIDefinition {
+	return common.OpenAPIDefinition{
+		Schema: spec.Schema{
+			SchemaProps: spec.SchemaProps{
+				Description: "TagPolicy chooses a tag among a repository's tags, as Flux's ImagePolicy does: the tags Pattern matches (all when unset) are reduced to the part Extract names, and the highest by Semver or Order wins. Exactly one of semver and order is set.",
+				Type:        []string{"object"},
+				Properties: map[string]spec.Schema{
+					"semver": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Semver is a semantic version range (\"Masterminds/semver\" syntax, e.g. \">=1.2.0 <2\", \"~1.4\", \"^2\"): tags (or their extracted part) that parse as versions (\"1.2.3\", \"v1.2.3\") and are in the range are compared as versions. Pre-releases count only when the range names one.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"pattern": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Pattern is a regular expression (RE2 syntax) the tag must match, e.g. \"^main-[a-f0-9]+-(?P<ts>[0-9]+)$\".",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"extract": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Extract is the part of a matching tag that is compared, with \"$name\" or \"${1}\" references to the groups of pattern, e.g. \"$ts\". Empty means the whole tag. Needs pattern.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+					"order": {
+						SchemaProps: spec.SchemaProps{
+							Description: "Order compares the extracted parts when semver is not set: \"Alphabetical\" or \"Numerical\". The highest wins.",
+							Type:        []string{"string"},
+							Format:      "",
+						},
+					},
+				},
+			},
+		},
 	}
 }

@@ -21,6 +21,7 @@ package fuzzer
 import (
 	"strings"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	runtimeserializer "k8s.io/apimachinery/pkg/runtime/serializer"
 	"sigs.k8s.io/randfill"
 
@@ -30,7 +31,7 @@ import (
 // Funcs returns the fuzzer functions of the tagger.dev API group. They keep
 // the random objects inside what a decode leaves unchanged: v1beta1
 // defaulting trims spaces around references and names, so the fuzzed
-// values must not have any.
+// values must not have any, and sets the interval of an import policy.
 var Funcs = func(codecs runtimeserializer.CodecFactory) []interface{} {
 	return []interface{}{
 		func(s *tagger.ImageSpec, c randfill.Continue) {
@@ -42,6 +43,12 @@ var Funcs = func(codecs runtimeserializer.CodecFactory) []interface{} {
 			c.FillNoCustom(s)
 			s.From = strings.TrimSpace(s.From)
 			s.TargetImage = strings.TrimSpace(s.TargetImage)
+		},
+		func(p *tagger.ImportPolicy, c randfill.Continue) {
+			c.FillNoCustom(p)
+			if p.Interval == nil { // v1beta1 defaulting sets it
+				p.Interval = &metav1.Duration{Duration: tagger.DefaultImportInterval}
+			}
 		},
 	}
 }

@@ -35,4 +35,17 @@ const (
 
 	AnnotationImportRunner  = tagger.AnnotationImportRunner
 	AnnotationImportRenewed = tagger.AnnotationImportRenewed
+
+	DefaultImportInterval = tagger.DefaultImportInterval
+
+	ConditionChecked    = tagger.ConditionChecked
+	ReasonUnchanged     = tagger.ReasonUnchanged
+	ReasonImportStarted = tagger.ReasonImportStarted
+	ReasonCheckFailed   = tagger.ReasonCheckFailed
+	ReasonImportFailed  = tagger.ReasonImportFailed
+
+	LabelImportTrigger            = tagger.LabelImportTrigger
+	AnnotationImportTriggerDetail = tagger.AnnotationImportTriggerDetail
+	TriggerScheduled              = tagger.TriggerScheduled
+	TriggerWebhook                = tagger.TriggerWebhook
 )

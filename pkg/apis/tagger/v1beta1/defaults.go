@@ -16,7 +16,10 @@ limitations under the License.
 package v1beta1
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+
+	"tagger.dev/tagger/pkg/apis/tagger"
 )
 
 func addDefaultingFuncs(scheme *runtime.Scheme) error {
@@ -34,4 +37,12 @@ func SetDefaults_ImageSpec(obj *ImageSpec) {
 func SetDefaults_ImageImportSpec(obj *ImageImportSpec) {
 	obj.From = trimSpace(obj.From)
 	obj.TargetImage = trimSpace(obj.TargetImage)
+}
+
+// SetDefaults_ImportPolicy sets the interval of checks to
+// tagger.DefaultImportInterval (15m).
+func SetDefaults_ImportPolicy(obj *ImportPolicy) {
+	if obj.Interval == nil {
+		obj.Interval = &metav1.Duration{Duration: tagger.DefaultImportInterval}
+	}
 }

@@ -50,6 +50,7 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 		&ImageList{},
 		&ImageImport{},
 		&ImageImportList{},
+		&RegistryHook{},
 		&ImagePushOptions{},
 		&ImagePullOptions{},
 	)

@@ -60,6 +60,73 @@ type ImageSpec struct {
 	// "kubectl image rollback" and "rollforward" set and clear it.
 	// +optional
 	PinnedReference string `json:"pinnedReference,omitempty"`
+	// ImportPolicy says when Tagger imports this Image on its own: on a
+	// schedule ("scheduled: true"). Registry webhooks re-import every
+	// Image they match, whatever this says. Unset means only when asked.
+	// +optional
+	ImportPolicy *ImportPolicy `json:"importPolicy,omitempty"`
+	// TagPolicy, when set, chooses the tag to import among the tags of the
+	// repository spec.from names (spec.from then has no tag): the highest
+	// tag the policy admits. Every import uses it, manual, scheduled or
+	// webhook; the generation's from names the chosen tag.
+	// +optional
+	TagPolicy *TagPolicy `json:"tagPolicy,omitempty"`
+}
+
+// ImportPolicy says when Tagger checks an Image's source on its own. A
+// check resolves the source (a manifest HEAD; with a tag policy, the tag
+// list first): when the tag moved, an ImageImport labelled
+// tagger.dev/import-trigger records the import as if created by hand;
+// otherwise only status.lastCheckedAt and the Checked condition change.
+type ImportPolicy struct {
+	// Scheduled turns on the periodic check.
+	// +optional
+	Scheduled bool `json:"scheduled,omitempty"`
+	// Interval is the time between two checks, e.g. "15m" (the default) or
+	// "1h"; the server refuses intervals shorter than its
+	// --min-import-interval (1m by default). Checks are spread by a jitter
+	// of up to a tenth of the interval, and back off while they fail.
+	// +optional
+	Interval *metav1.Duration `json:"interval,omitempty"`
+}
+
+// TagOrder orders the values a TagPolicy extracts from tags.
+type TagOrder string
+
+const (
+	// TagOrderAlphabetical compares extracted values as strings
+	// (byte-wise), e.g. RFC 3339 timestamps.
+	TagOrderAlphabetical TagOrder = "Alphabetical"
+	// TagOrderNumerical compares extracted values as numbers; tags whose
+	// value is not a number are ignored.
+	TagOrderNumerical TagOrder = "Numerical"
+)
+
+// TagPolicy chooses a tag among a repository's tags, as Flux's ImagePolicy
+// does: the tags Pattern matches (all when unset) are reduced to the part
+// Extract names, and the highest by Semver or Order wins. Exactly one of
+// semver and order is set.
+type TagPolicy struct {
+	// Semver is a semantic version range ("Masterminds/semver" syntax,
+	// e.g. ">=1.2.0 <2", "~1.4", "^2"): tags (or their extracted part)
+	// that parse as versions ("1.2.3", "v1.2.3") and are in the range are
+	// compared as versions. Pre-releases count only when the range names
+	// one.
+	// +optional
+	Semver string `json:"semver,omitempty"`
+	// Pattern is a regular expression (RE2 syntax) the tag must match,
+	// e.g. "^main-[a-f0-9]+-(?P<ts>[0-9]+)$".
+	// +optional
+	Pattern string `json:"pattern,omitempty"`
+	// Extract is the part of a matching tag that is compared, with "$name"
+	// or "${1}" references to the groups of pattern, e.g. "$ts". Empty
+	// means the whole tag. Needs pattern.
+	// +optional
+	Extract string `json:"extract,omitempty"`
+	// Order compares the extracted parts when semver is not set:
+	// "Alphabetical" or "Numerical". The highest wins.
+	// +optional
+	Order TagOrder `json:"order,omitempty"`
 }
 
 // ImageStatus holds the generations of an Image.
@@ -74,6 +141,20 @@ type ImageStatus struct {
 	// imageReference. The server maintains it on every write.
 	// +optional
 	CurrentReference string `json:"currentReference,omitempty"`
+	// LastCheckedAt is when Tagger last checked spec.from on its own (on
+	// schedule, or asked by a registry webhook). Replicas claim a check by
+	// writing it, so each interval sees one check.
+	// +optional
+	LastCheckedAt *metav1.Time `json:"lastCheckedAt,omitempty"`
+	// Conditions hold "Checked", the outcome of the last check Tagger made
+	// on its own: True with reason Unchanged (the source still resolves to
+	// the recorded digest), ImportStarted (it moved: the message names the
+	// ImageImport) or ImageImported; False with reason CheckFailed or
+	// ImportFailed and why.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
 // HashReference is one generation of an Image: where it came from and the
@@ -147,6 +228,11 @@ type ImageImportSpec struct {
 	// target Image's spec.insecure.
 	// +optional
 	Insecure *bool `json:"insecure,omitempty"`
+	// TagPolicy chooses the tag of from among the repository's tags (from
+	// then has no tag). It defaults to the target Image's spec.tagPolicy
+	// when from is unset too.
+	// +optional
+	TagPolicy *TagPolicy `json:"tagPolicy,omitempty"`
 }
 
 // ImageImportStatus is the outcome of an ImageImport.
@@ -190,6 +276,52 @@ type ImageImportList struct {
 
 	// Items are the ImageImports.
 	Items []ImageImport `json:"items"`
+}
+
+// +genclient
+// +genclient:onlyVerbs=create
+// +k8s:deepcopy-gen:interfaces=k8s.io/apimachinery/pkg/runtime.Object
+
+// RegistryHook is the registry webhook of a namespace. Creating one (any
+// name, or none) returns in its status the URL a registry calls when a tag
+// is pushed, creating the namespace's token when there is none; nothing is
+// stored but the token ("kubectl image hook-url" does this). A call
+// re-imports the Images of the namespace whose spec.from names the pushed
+// repository and tag (or whose tag policy admits the tag).
+type RegistryHook struct {
+	metav1.TypeMeta `json:",inline"`
+	// Standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec asks for the URL.
+	// +optional
+	Spec RegistryHookSpec `json:"spec,omitempty"`
+	// Status is the hook of the namespace.
+	// +optional
+	Status RegistryHookStatus `json:"status,omitempty"`
+}
+
+// RegistryHookSpec asks for the hook URL of a namespace.
+type RegistryHookSpec struct {
+	// Rotate replaces the namespace's token with a new one: URLs given out
+	// before stop working.
+	// +optional
+	Rotate bool `json:"rotate,omitempty"`
+}
+
+// RegistryHookStatus is the hook of a namespace.
+type RegistryHookStatus struct {
+	// URL is what registries call:
+	// <base>/webhooks/tagger.dev/registry/<namespace>/<token>.
+	// +optional
+	URL string `json:"url,omitempty"`
+	// Token authenticates calls: it is part of URL, and registries that
+	// can sign or send a header use it too (GitHub's webhook secret,
+	// Harbor's auth header and the distribution registry's Authorization
+	// header as "Bearer <token>").
+	// +optional
+	Token string `json:"token,omitempty"`
 }
 
 // +k8s:conversion-gen:explicit-from=net/url.Values

@@ -38,6 +38,9 @@ func RegisterDefaults(scheme *runtime.Scheme) error {
 
 func SetObjectDefaults_Image(in *Image) {
 	SetDefaults_ImageSpec(&in.Spec)
+	if in.Spec.ImportPolicy != nil {
+		SetDefaults_ImportPolicy(in.Spec.ImportPolicy)
+	}
 }
 
 func SetObjectDefaults_ImageImport(in *ImageImport) {

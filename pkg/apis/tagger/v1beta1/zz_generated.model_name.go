@@ -80,3 +80,28 @@ func (in ImageStatus) OpenAPIModelName() string {
 func (in ImportAttempt) OpenAPIModelName() string {
 	return "dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImportAttempt"
 }
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
+func (in ImportPolicy) OpenAPIModelName() string {
+	return "dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImportPolicy"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
+func (in RegistryHook) OpenAPIModelName() string {
+	return "dev.tagger.tagger.pkg.apis.tagger.v1beta1.RegistryHook"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
+func (in RegistryHookSpec) OpenAPIModelName() string {
+	return "dev.tagger.tagger.pkg.apis.tagger.v1beta1.RegistryHookSpec"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
+func (in RegistryHookStatus) OpenAPIModelName() string {
+	return "dev.tagger.tagger.pkg.apis.tagger.v1beta1.RegistryHookStatus"
+}
+
+// OpenAPIModelName returns the OpenAPI model name for this type.
+func (in TagPolicy) OpenAPIModelName() string {
+	return "dev.tagger.tagger.pkg.apis.tagger.v1beta1.TagPolicy"
+}

@@ -18,8 +18,12 @@ package validation
 
 import (
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
+	"github.com/Masterminds/semver/v3"
 	"github.com/distribution/reference"
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
@@ -89,14 +93,112 @@ func ValidateImageStatusUpdate(img, old *tagger.Image) field.ErrorList {
 }
 
 func validateImageSpec(spec *tagger.ImageSpec, fldPath *field.Path) field.ErrorList {
+	var allErrs field.ErrorList
 	if spec.From == "" {
-		return field.ErrorList{field.Required(fldPath.Child("from"), "the source image reference, e.g. quay.io/org/app:latest")}
+		allErrs = append(allErrs, field.Required(fldPath.Child("from"), "the source image reference, e.g. quay.io/org/app:latest"))
+	} else if errs := ValidateReference(spec.From, fldPath.Child("from")); len(errs) > 0 {
+		allErrs = append(allErrs, errs...)
+	} else if spec.TagPolicy != nil {
+		allErrs = append(allErrs, validateRepositoryOnly(spec.From, fldPath.Child("from"))...)
 	}
-	return ValidateReference(spec.From, fldPath.Child("from"))
+	if p := spec.ImportPolicy; p != nil && p.Interval != nil && p.Interval.Duration <= 0 {
+		allErrs = append(allErrs, field.Invalid(fldPath.Child("importPolicy", "interval"), p.Interval.Duration.String(), "must be positive"))
+	}
+	if spec.TagPolicy != nil {
+		allErrs = append(allErrs, ValidateTagPolicy(spec.TagPolicy, fldPath.Child("tagPolicy"))...)
+	}
+	return allErrs
+}
+
+// ValidateImportInterval refuses a scheduled interval shorter than min, the
+// server's --min-import-interval.
+func ValidateImportInterval(p *tagger.ImportPolicy, min time.Duration, fldPath *field.Path) field.ErrorList {
+	if p == nil || p.Interval == nil || p.Interval.Duration <= 0 || p.Interval.Duration >= min {
+		return nil
+	}
+	return field.ErrorList{field.Invalid(fldPath.Child("interval"), p.Interval.Duration.String(),
+		fmt.Sprintf("must be at least %s (the server's --min-import-interval)", min))}
+}
+
+// validateRepositoryOnly refuses a tag or digest in a reference whose tag a
+// tag policy chooses.
+func validateRepositoryOnly(ref string, fldPath *field.Path) field.ErrorList {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil || reference.IsNameOnly(named) {
+		return nil
+	}
+	return field.ErrorList{field.Invalid(fldPath, ref, "must name a repository, without tag or digest, when a tag policy chooses the tag")}
+}
+
+// maxTagPolicyLength bounds each field of a tag policy.
+const maxTagPolicyLength = 1024
+
+// extractRefRE finds the group references of TagPolicy.Extract, as
+// regexp.Expand reads them: $$, $name, ${name}.
+var extractRefRE = regexp.MustCompile(`\$(\$|\{([^}]*)\}|([A-Za-z0-9_]+))`)
+
+// ValidateTagPolicy checks that a tag policy compiles: a semver range or an
+// order (not both), a pattern that is a valid RE2 expression, and an extract
+// that names only groups of the pattern.
+func ValidateTagPolicy(p *tagger.TagPolicy, fldPath *field.Path) field.ErrorList {
+	var allErrs field.ErrorList
+	for _, f := range []struct{ name, value string }{{"semver", p.Semver}, {"pattern", p.Pattern}, {"extract", p.Extract}} {
+		if len(f.value) > maxTagPolicyLength {
+			allErrs = append(allErrs, field.TooLong(fldPath.Child(f.name), "", maxTagPolicyLength))
+		}
+	}
+	if len(allErrs) > 0 {
+		return allErrs
+	}
+	switch {
+	case p.Semver != "" && p.Order != "":
+		allErrs = append(allErrs, field.Forbidden(fldPath.Child("order"), "set either semver or order, not both"))
+	case p.Semver == "" && p.Order == "":
+		allErrs = append(allErrs, field.Required(fldPath, "one of semver (a version range) or order (Alphabetical or Numerical)"))
+	}
+	if p.Semver != "" {
+		if _, err := semver.NewConstraint(p.Semver); err != nil {
+			allErrs = append(allErrs, field.Invalid(fldPath.Child("semver"), p.Semver, fmt.Sprintf("not a version range: %v", err)))
+		}
+	}
+	if p.Order != "" && p.Order != tagger.TagOrderAlphabetical && p.Order != tagger.TagOrderNumerical {
+		allErrs = append(allErrs, field.NotSupported(fldPath.Child("order"), p.Order,
+			[]tagger.TagOrder{tagger.TagOrderAlphabetical, tagger.TagOrderNumerical}))
+	}
+	if p.Pattern == "" {
+		if p.Extract != "" {
+			allErrs = append(allErrs, field.Required(fldPath.Child("pattern"), "extract refers to the groups of a pattern"))
+		}
+		return allErrs
+	}
+	re, err := regexp.Compile(p.Pattern)
+	if err != nil {
+		return append(allErrs, field.Invalid(fldPath.Child("pattern"), p.Pattern, fmt.Sprintf("not a regular expression: %v", err)))
+	}
+	for _, m := range extractRefRE.FindAllStringSubmatch(p.Extract, -1) {
+		if m[1] == "$" {
+			continue
+		}
+		name := m[2] + m[3]
+		if !hasGroup(re, name) {
+			allErrs = append(allErrs, field.Invalid(fldPath.Child("extract"), p.Extract,
+				fmt.Sprintf("pattern has no group %q", name)))
+		}
+	}
+	return allErrs
+}
+
+// hasGroup tells whether re has the group name, a number or a name.
+func hasGroup(re *regexp.Regexp, name string) bool {
+	if n, err := strconv.Atoi(name); err == nil {
+		return n >= 0 && n <= re.NumSubexp()
+	}
+	return name != "" && re.SubexpIndex(name) >= 0
 }
 
 func validateImageStatus(status *tagger.ImageStatus, fldPath *field.Path) field.ErrorList {
 	var allErrs field.ErrorList
+	allErrs = append(allErrs, metav1validation.ValidateConditions(status.Conditions, fldPath.Child("conditions"))...)
 	refsPath := fldPath.Child("hashReferences")
 	if n := len(status.HashReferences); n > tagger.MaxHashReferences {
 		allErrs = append(allErrs, field.TooMany(refsPath, n, tagger.MaxHashReferences))
@@ -181,7 +283,14 @@ func validateImageImportSpec(spec *tagger.ImageImportSpec, fldPath *field.Path) 
 		}
 	}
 	if spec.From != "" {
-		allErrs = append(allErrs, ValidateReference(spec.From, fldPath.Child("from"))...)
+		errs := ValidateReference(spec.From, fldPath.Child("from"))
+		if len(errs) == 0 && spec.TagPolicy != nil {
+			errs = validateRepositoryOnly(spec.From, fldPath.Child("from"))
+		}
+		allErrs = append(allErrs, errs...)
+	}
+	if spec.TagPolicy != nil {
+		allErrs = append(allErrs, ValidateTagPolicy(spec.TagPolicy, fldPath.Child("tagPolicy"))...)
 	}
 	return allErrs
 }

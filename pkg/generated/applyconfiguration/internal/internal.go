@@ -110,6 +110,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: mirror
       type:
         scalar: boolean
+    - name: tagPolicy
+      type:
+        namedType: dev.tagger.tagger.pkg.apis.tagger.v1beta1.TagPolicy
     - name: targetImage
       type:
         scalar: string
@@ -141,6 +144,9 @@ var schemaYAML = typed.YAMLObject(`types:
       type:
         scalar: string
       default: ""
+    - name: importPolicy
+      type:
+        namedType: dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImportPolicy
     - name: insecure
       type:
         scalar: boolean
@@ -150,9 +156,20 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: pinnedReference
       type:
         scalar: string
+    - name: tagPolicy
+      type:
+        namedType: dev.tagger.tagger.pkg.apis.tagger.v1beta1.TagPolicy
 - name: dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImageStatus
   map:
     fields:
+    - name: conditions
+      type:
+        list:
+          elementType:
+            namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Condition
+          elementRelationship: associative
+          keys:
+          - type
     - name: currentReference
       type:
         scalar: string
@@ -162,6 +179,9 @@ var schemaYAML = typed.YAMLObject(`types:
           elementType:
             namedType: dev.tagger.tagger.pkg.apis.tagger.v1beta1.HashReference
           elementRelationship: atomic
+    - name: lastCheckedAt
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
 - name: dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImportAttempt
   map:
     fields:
@@ -175,6 +195,30 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: when
       type:
         namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
+- name: dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImportPolicy
+  map:
+    fields:
+    - name: interval
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Duration
+    - name: scheduled
+      type:
+        scalar: boolean
+- name: dev.tagger.tagger.pkg.apis.tagger.v1beta1.TagPolicy
+  map:
+    fields:
+    - name: extract
+      type:
+        scalar: string
+    - name: order
+      type:
+        scalar: string
+    - name: pattern
+      type:
+        scalar: string
+    - name: semver
+      type:
+        scalar: string
 - name: io.k8s.apimachinery.pkg.apis.meta.v1.Condition
   map:
     fields:
@@ -200,6 +244,8 @@ var schemaYAML = typed.YAMLObject(`types:
       type:
         scalar: string
       default: ""
+- name: io.k8s.apimachinery.pkg.apis.meta.v1.Duration
+  scalar: string
 - name: io.k8s.apimachinery.pkg.apis.meta.v1.FieldsV1
   map:
     elementType:

@@ -19,6 +19,7 @@ package image
 import (
 	"context"
 	"fmt"
+	"time"
 
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/fields"
@@ -36,13 +37,29 @@ import (
 
 // NewStrategy returns the strategy of the images resource.
 func NewStrategy(typer runtime.ObjectTyper) imageStrategy {
-	return imageStrategy{typer, names.SimpleNameGenerator}
+	return NewStrategyWithOptions(typer, Options{})
+}
+
+// Options are the server's rules for Images beyond validation.
+type Options struct {
+	// MinImportInterval is the shortest spec.importPolicy.interval
+	// accepted (--min-import-interval).
+	MinImportInterval time.Duration
+}
+
+// NewStrategyWithOptions returns the strategy of the images resource,
+// enforcing opts.
+func NewStrategyWithOptions(typer runtime.ObjectTyper, opts Options) imageStrategy {
+	return imageStrategy{typer, names.SimpleNameGenerator, opts}
 }
 
 // NewStatusStrategy returns the strategy of the images/status subresource.
 func NewStatusStrategy(typer runtime.ObjectTyper) imageStatusStrategy {
 	return imageStatusStrategy{NewStrategy(typer)}
 }
+
+// importIntervalPath is where the minimum interval applies.
+var importIntervalPath = field.NewPath("spec", "importPolicy")
 
 // GetAttrs returns the labels and selectable fields of an Image.
 func GetAttrs(obj runtime.Object) (labels.Set, fields.Set, error) {
@@ -68,6 +85,7 @@ func SelectableFields(img *tagger.Image) fields.Set {
 type imageStrategy struct {
 	runtime.ObjectTyper
 	names.NameGenerator
+	opts Options
 }
 
 func (imageStrategy) NamespaceScoped() bool { return true }
@@ -111,8 +129,10 @@ func (imageStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Obje
 	SetCurrentReference(img)
 }
 
-func (imageStrategy) Validate(ctx context.Context, obj runtime.Object) field.ErrorList {
-	return validation.ValidateImage(obj.(*tagger.Image))
+func (s imageStrategy) Validate(ctx context.Context, obj runtime.Object) field.ErrorList {
+	img := obj.(*tagger.Image)
+	errs := validation.ValidateImage(img)
+	return append(errs, validation.ValidateImportInterval(img.Spec.ImportPolicy, s.opts.MinImportInterval, importIntervalPath)...)
 }
 
 func (imageStrategy) WarningsOnCreate(ctx context.Context, obj runtime.Object) []string { return nil }
@@ -123,8 +143,15 @@ func (imageStrategy) AllowUnconditionalUpdate(ctx context.Context) bool { return
 
 func (imageStrategy) Canonicalize(obj runtime.Object) {}
 
-func (imageStrategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
-	return validation.ValidateImageUpdate(obj.(*tagger.Image), old.(*tagger.Image))
+func (s imageStrategy) ValidateUpdate(ctx context.Context, obj, old runtime.Object) field.ErrorList {
+	img, oldImg := obj.(*tagger.Image), old.(*tagger.Image)
+	errs := validation.ValidateImageUpdate(img, oldImg)
+	// An interval accepted before the minimum was raised stays valid until
+	// the policy changes (checks use the minimum meanwhile).
+	if !apiequality.Semantic.DeepEqual(img.Spec.ImportPolicy, oldImg.Spec.ImportPolicy) {
+		errs = append(errs, validation.ValidateImportInterval(img.Spec.ImportPolicy, s.opts.MinImportInterval, importIntervalPath)...)
+	}
+	return errs
 }
 
 func (imageStrategy) WarningsOnUpdate(ctx context.Context, obj, old runtime.Object) []string {

@@ -35,6 +35,10 @@ type ImageImportSpecApplyConfiguration struct {
 	// Insecure skips TLS verification for the source; defaults to the
 	// target Image's spec.insecure.
 	Insecure *bool `json:"insecure,omitempty"`
+	// TagPolicy chooses the tag of from among the repository's tags (from
+	// then has no tag). It defaults to the target Image's spec.tagPolicy
+	// when from is unset too.
+	TagPolicy *TagPolicyApplyConfiguration `json:"tagPolicy,omitempty"`
 }
 
 // ImageImportSpecApplyConfiguration constructs a declarative configuration of the ImageImportSpec type for use with
@@ -72,5 +76,13 @@ func (b *ImageImportSpecApplyConfiguration) WithMirror(value bool) *ImageImportS
 // If called multiple times, the Insecure field is set to the value of the last call.
 func (b *ImageImportSpecApplyConfiguration) WithInsecure(value bool) *ImageImportSpecApplyConfiguration {
 	b.Insecure = &value
+	return b
+}
+
+// WithTagPolicy sets the TagPolicy field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the TagPolicy field is set to the value of the last call.
+func (b *ImageImportSpecApplyConfiguration) WithTagPolicy(value *TagPolicyApplyConfiguration) *ImageImportSpecApplyConfiguration {
+	b.TagPolicy = value
 	return b
 }

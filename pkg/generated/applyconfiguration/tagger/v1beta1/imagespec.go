@@ -39,6 +39,15 @@ type ImageSpecApplyConfiguration struct {
 	// status.hashReferences. Unset means the newest generation is current.
 	// "kubectl image rollback" and "rollforward" set and clear it.
 	PinnedReference *string `json:"pinnedReference,omitempty"`
+	// ImportPolicy says when Tagger imports this Image on its own: on a
+	// schedule ("scheduled: true"). Registry webhooks re-import every
+	// Image they match, whatever this says. Unset means only when asked.
+	ImportPolicy *ImportPolicyApplyConfiguration `json:"importPolicy,omitempty"`
+	// TagPolicy, when set, chooses the tag to import among the tags of the
+	// repository spec.from names (spec.from then has no tag): the highest
+	// tag the policy admits. Every import uses it, manual, scheduled or
+	// webhook; the generation's from names the chosen tag.
+	TagPolicy *TagPolicyApplyConfiguration `json:"tagPolicy,omitempty"`
 }
 
 // ImageSpecApplyConfiguration constructs a declarative configuration of the ImageSpec type for use with
@@ -76,5 +85,21 @@ func (b *ImageSpecApplyConfiguration) WithInsecure(value bool) *ImageSpecApplyCo
 // If called multiple times, the PinnedReference field is set to the value of the last call.
 func (b *ImageSpecApplyConfiguration) WithPinnedReference(value string) *ImageSpecApplyConfiguration {
 	b.PinnedReference = &value
+	return b
+}
+
+// WithImportPolicy sets the ImportPolicy field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ImportPolicy field is set to the value of the last call.
+func (b *ImageSpecApplyConfiguration) WithImportPolicy(value *ImportPolicyApplyConfiguration) *ImageSpecApplyConfiguration {
+	b.ImportPolicy = value
+	return b
+}
+
+// WithTagPolicy sets the TagPolicy field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the TagPolicy field is set to the value of the last call.
+func (b *ImageSpecApplyConfiguration) WithTagPolicy(value *TagPolicyApplyConfiguration) *ImageSpecApplyConfiguration {
+	b.TagPolicy = value
 	return b
 }

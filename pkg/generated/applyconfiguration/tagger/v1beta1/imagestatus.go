@@ -18,6 +18,11 @@ limitations under the License.
 
 package v1beta1
 
+import (
+	v1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	metav1 "k8s.io/client-go/applyconfigurations/meta/v1"
+)
+
 // ImageStatusApplyConfiguration represents a declarative configuration of the ImageStatus type for use
 // with apply.
 //
@@ -30,6 +35,16 @@ type ImageStatusApplyConfiguration struct {
 	// spec.pinnedReference when set, else the newest generation's
 	// imageReference. The server maintains it on every write.
 	CurrentReference *string `json:"currentReference,omitempty"`
+	// LastCheckedAt is when Tagger last checked spec.from on its own (on
+	// schedule, or asked by a registry webhook). Replicas claim a check by
+	// writing it, so each interval sees one check.
+	LastCheckedAt *v1.Time `json:"lastCheckedAt,omitempty"`
+	// Conditions hold "Checked", the outcome of the last check Tagger made
+	// on its own: True with reason Unchanged (the source still resolves to
+	// the recorded digest), ImportStarted (it moved: the message names the
+	// ImageImport) or ImageImported; False with reason CheckFailed or
+	// ImportFailed and why.
+	Conditions []metav1.ConditionApplyConfiguration `json:"conditions,omitempty"`
 }
 
 // ImageStatusApplyConfiguration constructs a declarative configuration of the ImageStatus type for use with
@@ -56,5 +71,26 @@ func (b *ImageStatusApplyConfiguration) WithHashReferences(values ...*HashRefere
 // If called multiple times, the CurrentReference field is set to the value of the last call.
 func (b *ImageStatusApplyConfiguration) WithCurrentReference(value string) *ImageStatusApplyConfiguration {
 	b.CurrentReference = &value
+	return b
+}
+
+// WithLastCheckedAt sets the LastCheckedAt field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the LastCheckedAt field is set to the value of the last call.
+func (b *ImageStatusApplyConfiguration) WithLastCheckedAt(value v1.Time) *ImageStatusApplyConfiguration {
+	b.LastCheckedAt = &value
+	return b
+}
+
+// WithConditions adds the given value to the Conditions field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the Conditions field.
+func (b *ImageStatusApplyConfiguration) WithConditions(values ...*metav1.ConditionApplyConfiguration) *ImageStatusApplyConfiguration {
+	for i := range values {
+		if values[i] == nil {
+			panic("nil value passed to WithConditions")
+		}
+		b.Conditions = append(b.Conditions, *values[i])
+	}
 	return b
 }

@@ -40,7 +40,13 @@ var (
 
 // NewREST returns the storage of images and images/status.
 func NewREST(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter) (*REST, *StatusREST, error) {
-	strategy := image.NewStrategy(scheme)
+	return NewRESTWithOptions(scheme, optsGetter, image.Options{})
+}
+
+// NewRESTWithOptions returns the storage of images and images/status,
+// enforcing opts.
+func NewRESTWithOptions(scheme *runtime.Scheme, optsGetter generic.RESTOptionsGetter, opts image.Options) (*REST, *StatusREST, error) {
+	strategy := image.NewStrategyWithOptions(scheme, opts)
 	store := &genericregistry.Store{
 		NewFunc:                   func() runtime.Object { return &tagger.Image{} },
 		NewListFunc:               func() runtime.Object { return &tagger.ImageList{} },

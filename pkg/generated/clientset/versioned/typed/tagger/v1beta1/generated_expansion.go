@@ -21,3 +21,5 @@ package v1beta1
 type ImageExpansion interface{}
 
 type ImageImportExpansion interface{}
+
+type RegistryHookExpansion interface{}

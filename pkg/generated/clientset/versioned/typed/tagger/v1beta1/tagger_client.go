@@ -30,6 +30,7 @@ type TaggerV1beta1Interface interface {
 	RESTClient() rest.Interface
 	ImagesGetter
 	ImageImportsGetter
+	RegistryHooksGetter
 }
 
 // TaggerV1beta1Client is used to interact with features provided by the tagger.dev group.
@@ -43,6 +44,10 @@ func (c *TaggerV1beta1Client) Images(namespace string) ImageInterface {
 
 func (c *TaggerV1beta1Client) ImageImports(namespace string) ImageImportInterface {
 	return newImageImports(c, namespace)
+}
+
+func (c *TaggerV1beta1Client) RegistryHooks(namespace string) RegistryHookInterface {
+	return newRegistryHooks(c, namespace)
 }
 
 // NewForConfig creates a new TaggerV1beta1Client for the given config.

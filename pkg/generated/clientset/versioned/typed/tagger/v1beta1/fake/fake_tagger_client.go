@@ -36,6 +36,10 @@ func (c *FakeTaggerV1beta1) ImageImports(namespace string) v1beta1.ImageImportIn
 	return newFakeImageImports(c, namespace)
 }
 
+func (c *FakeTaggerV1beta1) RegistryHooks(namespace string) v1beta1.RegistryHookInterface {
+	return newFakeRegistryHooks(c, namespace)
+}
+
 // RESTClient returns a RESTClient that is used to communicate
 // with API server by this client implementation.
 func (c *FakeTaggerV1beta1) RESTClient() rest.Interface {
