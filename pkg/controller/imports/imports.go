@@ -61,6 +61,7 @@ import (
 	taggerlisters "tagger.dev/tagger/pkg/generated/listers/tagger/v1beta1"
 	"tagger.dev/tagger/pkg/importer"
 	"tagger.dev/tagger/pkg/redact"
+	"tagger.dev/tagger/pkg/tagpolicy"
 )
 
 // Records is what the controller needs of ImageImport storage.
@@ -102,6 +103,9 @@ type Config struct {
 	Records  Records
 	Images   Images
 	Sources  Sources
+	// Tags lists the tags of imports with a tag policy; nil means the
+	// Importer, if it lists tags (*importer.Importer does).
+	Tags     tagpolicy.Lister
 	Recorder record.EventRecorder
 	Clock    clock.WithTicker
 	// Backoff spaces attempts after transient errors; Steps is ignored
@@ -152,6 +156,9 @@ type Controller struct {
 func New(cfg Config) (*Controller, error) {
 	if cfg.Importer == nil || cfg.Records == nil || cfg.Images == nil || cfg.Sources == nil || cfg.Identity == "" {
 		return nil, fmt.Errorf("the import controller needs an identity, an importer, records, images and sources")
+	}
+	if cfg.Tags == nil {
+		cfg.Tags, _ = cfg.Importer.(tagpolicy.Lister)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
@@ -369,6 +376,15 @@ func (r *runner) attempt(ctx context.Context) (importer.Result, error) {
 		return importer.Result{}, err
 	}
 	req.Credentials = creds
+	if spec.TagPolicy != nil {
+		// The policy chooses the tag; the generation's from names it.
+		if r.c.cfg.Tags == nil {
+			return importer.Result{}, importer.NewPermanent(errors.New("this server cannot list tags for a tag policy"))
+		}
+		if req.From, err = tagpolicy.Choose(ctx, r.c.cfg.Tags, req, spec.TagPolicy); err != nil {
+			return importer.Result{}, err
+		}
+	}
 	if ptr.Deref(spec.Mirror, false) {
 		if req.Mirror, err = r.c.cfg.Sources.Mirror(ctx, ns, spec.TargetImage); err != nil {
 			// Configuration, not the registry: retrying cannot help.
@@ -427,7 +443,7 @@ func (r *runner) store(ctx context.Context, mutate func(*tagger.ImageImport)) bo
 func (r *runner) finish(ctx context.Context) *tagger.ImageImport {
 	ref := *r.rec.Status.HashReference
 	spec := r.rec.Spec
-	imgSpec := tagger.ImageSpec{From: spec.From, Mirror: ptr.Deref(spec.Mirror, false), Insecure: ptr.Deref(spec.Insecure, false)}
+	imgSpec := tagger.ImageSpec{From: spec.From, Mirror: ptr.Deref(spec.Mirror, false), Insecure: ptr.Deref(spec.Insecure, false), TagPolicy: spec.TagPolicy}
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	var addErr error

@@ -180,35 +180,13 @@ func (r *REST) Create(ctx context.Context, obj runtime.Object, createValidation 
 	if !ok {
 		return nil, apierrors.NewBadRequest(fmt.Sprintf("not an ImageImport: %T", obj))
 	}
-	if r.deps.Runner == nil {
-		return nil, apierrors.NewServiceUnavailable("imports are not running yet")
-	}
-	rest.FillObjectMetaSystemFields(ii)
-	if ii.GenerateName != "" && ii.Name == "" {
-		ii.Name = r.Store.CreateStrategy.GenerateName(ii.GenerateName)
-	}
-	if err := rest.BeforeCreate(r.Store.CreateStrategy, ctx, obj); err != nil {
-		return nil, err
-	}
-	if createValidation != nil {
-		if err := createValidation(ctx, obj.DeepCopyObject()); err != nil {
-			return nil, err
-		}
-	}
-	if err := r.inherit(ctx, ii); err != nil {
-		return nil, err
-	}
-	if len(options.DryRun) > 0 {
-		return r.Store.Create(ctx, ii, nil, options)
-	}
-
-	imports.Reserve(ii, r.deps.Runner.Identity(), r.deps.Clock.Now())
-	obj, err := r.internal.Create(ctx, ii, nil, options)
+	reserved, run, err := r.start(ctx, ii, createValidation, options)
 	if err != nil {
 		return nil, err
 	}
-	reserved := obj.(*tagger.ImageImport)
-	run := r.deps.Runner.Start(reserved)
+	if run == nil { // dry run
+		return reserved, nil
+	}
 
 	wait := r.deps.SyncTimeout
 	if deadline, ok := ctx.Deadline(); ok {
@@ -240,6 +218,55 @@ func (r *REST) Create(ctx context.Context, obj runtime.Object, createValidation 
 	return res, nil
 }
 
+// start validates ii and fills it in as Create does, reserves its record
+// and hands it to the runner. A dry run stores nothing and returns no run.
+func (r *REST) start(ctx context.Context, ii *tagger.ImageImport, createValidation rest.ValidateObjectFunc, options *metav1.CreateOptions) (*tagger.ImageImport, *imports.Run, error) {
+	if r.deps.Runner == nil {
+		return nil, nil, apierrors.NewServiceUnavailable("imports are not running yet")
+	}
+	var obj runtime.Object = ii
+	rest.FillObjectMetaSystemFields(ii)
+	if ii.GenerateName != "" && ii.Name == "" {
+		ii.Name = r.Store.CreateStrategy.GenerateName(ii.GenerateName)
+	}
+	if err := rest.BeforeCreate(r.Store.CreateStrategy, ctx, obj); err != nil {
+		return nil, nil, err
+	}
+	if createValidation != nil {
+		if err := createValidation(ctx, obj.DeepCopyObject()); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := r.inherit(ctx, ii); err != nil {
+		return nil, nil, err
+	}
+	if len(options.DryRun) > 0 {
+		obj, err := r.Store.Create(ctx, ii, nil, options)
+		if err != nil {
+			return nil, nil, err
+		}
+		return obj.(*tagger.ImageImport), nil, nil
+	}
+
+	imports.Reserve(ii, r.deps.Runner.Identity(), r.deps.Clock.Now())
+	obj, err := r.internal.Create(ctx, ii, nil, options)
+	if err != nil {
+		return nil, nil, err
+	}
+	reserved := obj.(*tagger.ImageImport)
+	return reserved, r.deps.Runner.Start(reserved), nil
+}
+
+// StartImport is Create for the imports Tagger starts on its own (a
+// scheduled or webhook-triggered check found a new digest): the same
+// validation, inheritance and reserve-then-run path, in ii's namespace,
+// without admission and without waiting for the outcome.
+func (r *REST) StartImport(ctx context.Context, ii *tagger.ImageImport) (*tagger.ImageImport, error) {
+	ctx = genericapirequest.WithNamespace(ctx, ii.Namespace)
+	reserved, _, err := r.start(ctx, ii, nil, &metav1.CreateOptions{})
+	return reserved, err
+}
+
 // inherit fills the unset spec fields from the target Image, so the stored
 // ImageImport says what was actually imported. insecure is inherited only
 // from an Image whose source is on the same registry: skipping TLS checks
@@ -260,6 +287,10 @@ func (r *REST) inherit(ctx context.Context, ii *tagger.ImageImport) error {
 	}
 	if ii.Spec.From == "" {
 		ii.Spec.From = img.Spec.From
+		if ii.Spec.TagPolicy == nil {
+			// The Image's tag policy goes with its from.
+			ii.Spec.TagPolicy = img.Spec.TagPolicy
+		}
 	}
 	if ii.Spec.Mirror == nil {
 		ii.Spec.Mirror = ptr.To(img.Spec.Mirror)
