@@ -41,6 +41,7 @@ import (
 	taggerinformers "tagger.dev/tagger/pkg/generated/informers/externalversions"
 	"tagger.dev/tagger/pkg/importer"
 	imageetcd "tagger.dev/tagger/pkg/registry/tagger/image/etcd"
+	"tagger.dev/tagger/pkg/registry/tagger/image/transfer"
 	"tagger.dev/tagger/pkg/registry/tagger/imageimport"
 )
 
@@ -58,7 +59,7 @@ type ExtraConfig struct {
 	// ImportOptions tunes imports.
 	ImportOptions ImportOptions
 	// MaxPushBytes bounds each blob and manifest pushed through images/push;
-	// 0 means imageetcd.DefaultMaxPushBytes.
+	// 0 means transfer.DefaultMaxPushBytes.
 	MaxPushBytes int64
 	// PodWebhook, when set, is served at podimages.Path; New fills in its
 	// Images (and its Mirrors when unset).
@@ -68,7 +69,7 @@ type ExtraConfig struct {
 // Sources tells imports and pushes which credentials and mirror to use.
 type Sources interface {
 	imports.Sources
-	imageetcd.MirrorSource
+	transfer.MirrorSource
 }
 
 // ImportOptions tune the create of ImageImports and the import controller.
@@ -169,7 +170,7 @@ func (c completedConfig) New() (*TaggerServer, error) {
 	}
 	imageImports.SetRunner(controller)
 
-	push, pull, err := imageetcd.NewTransferREST(imageetcd.TransferDeps{
+	push, pull, err := transfer.NewREST(transfer.Deps{
 		Images:       imageRegistry,
 		Mirrors:      c.ExtraConfig.Sources,
 		Records:      imageImports,

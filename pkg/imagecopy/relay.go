@@ -44,6 +44,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+
+	"tagger.dev/tagger/pkg/registryproxy"
 )
 
 // Target is the Image that is pushed to or pulled from.
@@ -81,9 +83,6 @@ type Relay struct {
 
 // relayUser is the user name containers/image presents to the relay.
 const relayUser = "tagger"
-
-// HeadContentLengthHeader mirrors the server's header of the same name.
-const HeadContentLengthHeader = "Tagger-Content-Length"
 
 // DefaultChunkSize is the upload chunk of push: 64 MiB takes about 1 s on
 // a LAN, well under the 60 s kube-apiserver allows a request.
@@ -145,8 +144,6 @@ func (r *Relay) Err() error {
 	return r.apiErr
 }
 
-var relayedRequestHeaders = []string{"Accept", "Content-Type", "Content-Range", "Range", "If-None-Match", "Docker-Content-Digest"}
-
 // ServeHTTP implements http.Handler.
 func (r *Relay) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer req.Body.Close()
@@ -207,7 +204,7 @@ func (r *Relay) forward(req *http.Request, method, rest string, query url.Values
 	if body != nil {
 		out.ContentLength = size
 	}
-	for _, k := range relayedRequestHeaders {
+	for _, k := range registryproxy.ForwardedRequestHeaders {
 		if v := header.Values(k); len(v) > 0 {
 			out.Header[k] = v
 		}
@@ -232,9 +229,9 @@ func (r *Relay) relay(w http.ResponseWriter, method string, resp *http.Response)
 		return
 	}
 	if method == http.MethodHead {
-		if cl := resp.Header.Get(HeadContentLengthHeader); cl != "" {
+		if cl := resp.Header.Get(registryproxy.HeadContentLengthHeader); cl != "" {
 			h.Set("Content-Length", cl)
-			h.Del(HeadContentLengthHeader)
+			h.Del(registryproxy.HeadContentLengthHeader)
 		}
 		w.WriteHeader(resp.StatusCode)
 		return

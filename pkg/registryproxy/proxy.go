@@ -30,6 +30,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -38,9 +39,23 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
-
-	"tagger.dev/tagger/pkg/importer"
 )
+
+// Headers of the relay protocol between images/push and images/pull and
+// their clients (pkg/imagecopy): both ends use these definitions.
+const (
+	// HeadContentLengthHeader carries the Content-Length of a relayed HEAD:
+	// the relayed request is a POST or GET, whose own answer has no body.
+	HeadContentLengthHeader = "Tagger-Content-Length"
+	// ImageReferenceHeader, on the answer to a manifest PUT by tag, is the
+	// generation the push recorded.
+	ImageReferenceHeader = "Tagger-Image-Reference"
+)
+
+// ForwardedRequestHeaders are the request headers of the registry API that
+// are relayed, by the client to the subresource and by the subresource to
+// the mirror; no other header (credentials above all) passes.
+var ForwardedRequestHeaders = []string{"Accept", "Content-Type", "Content-Range", "Range", "If-None-Match", "Docker-Content-Digest"}
 
 // PathKind says what a registry path below a repository addresses.
 type PathKind int
@@ -160,9 +175,21 @@ type Repository struct {
 // maxCached bounds the cache; past it, the cache starts over.
 const maxCached = 256
 
+// Endpoint is a mirror repository and how to reach it.
+type Endpoint struct {
+	// Repository is the repository without tag or digest, e.g.
+	// "registry.example.com/ns/app".
+	Repository string
+	// Insecure skips TLS verification and allows plain http.
+	Insecure bool
+	// Username and Password, or Token, authenticate; all empty means
+	// anonymous.
+	Username, Password, Token string
+}
+
 // Repository returns a connection to m.Repository with push (or only pull)
 // rights.
-func (p *Proxy) Repository(ctx context.Context, m *importer.Mirror, push bool) (*Repository, error) {
+func (p *Proxy) Repository(ctx context.Context, m Endpoint, push bool) (*Repository, error) {
 	key := cacheKey(m, push)
 	p.mu.Lock()
 	if c, ok := p.cache[key]; ok && time.Since(c.created) < p.TTL {
@@ -188,12 +215,11 @@ func (p *Proxy) Repository(ctx context.Context, m *importer.Mirror, push bool) (
 		inner.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the mirror is configured insecure
 	}
 	var auth authn.Authenticator = authn.Anonymous
-	if c := m.Credential; c != nil {
-		if c.Token != "" {
-			auth = authn.FromConfig(authn.AuthConfig{RegistryToken: c.Token})
-		} else {
-			auth = &authn.Basic{Username: c.Username, Password: c.Password}
-		}
+	switch {
+	case m.Token != "":
+		auth = authn.FromConfig(authn.AuthConfig{RegistryToken: m.Token})
+	case m.Username != "" || m.Password != "":
+		auth = &authn.Basic{Username: m.Username, Password: m.Password}
 	}
 	scope := repo.Scope(transport.PullScope)
 	if push {
@@ -232,12 +258,9 @@ func (p *Proxy) Repository(ctx context.Context, m *importer.Mirror, push bool) (
 	return r, nil
 }
 
-func cacheKey(m *importer.Mirror, push bool) string {
+func cacheKey(m Endpoint, push bool) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%t\x00%t", m.Repository, m.Insecure, push)
-	if c := m.Credential; c != nil {
-		fmt.Fprintf(h, "\x00%s\x00%s\x00%s", c.Username, c.Password, c.Token)
-	}
+	fmt.Fprintf(h, "%s\x00%t\x00%t\x00%s\x00%s\x00%s", m.Repository, m.Insecure, push, m.Username, m.Password, m.Token)
 	return hex.EncodeToString(h.Sum(nil))
 }
 
@@ -248,9 +271,6 @@ var hopHeaders = map[string]bool{
 	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
 	"Authorization": true, "Cookie": true, "Set-Cookie": true, "Www-Authenticate": true,
 }
-
-// forwardedRequestHeaders are the request headers the registry API uses.
-var forwardedRequestHeaders = []string{"Accept", "Content-Type", "Content-Range", "Range", "If-None-Match", "Docker-Content-Digest"}
 
 // Do sends one registry request for path below the repository. body may be
 // nil; size is its length, or -1 when unknown.
@@ -266,7 +286,7 @@ func (r *Repository) Do(ctx context.Context, method string, p Path, query url.Va
 	if body != nil {
 		req.ContentLength = size
 	}
-	for _, k := range forwardedRequestHeaders {
+	for _, k := range ForwardedRequestHeaders {
 		if v := header.Values(k); len(v) > 0 {
 			req.Header[k] = v
 		}
@@ -313,4 +333,59 @@ func (r *Repository) RewriteLocation(loc, base string) string {
 		out += "?" + u.RawQuery
 	}
 	return out
+}
+
+// UploadSize asks the registry how many bytes the upload session p (with
+// the query of its Location) holds. ok is false when the registry does not
+// say (no upload status support, an unknown session).
+func (r *Repository) UploadSize(ctx context.Context, p Path, query url.Values) (size int64, ok bool, err error) {
+	resp, err := r.Do(ctx, http.MethodGet, p, query, http.Header{}, nil, 0)
+	if err != nil {
+		return 0, false, err
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusOK {
+		return 0, false, nil
+	}
+	end, ok := RangeEnd(resp.Header.Get("Range"))
+	if !ok {
+		return 0, false, nil
+	}
+	// "0-0" is what registries answer for an empty upload as well as for
+	// one byte: counting it as empty errs by one byte at most.
+	if end == 0 {
+		return 0, true, nil
+	}
+	return end + 1, true, nil
+}
+
+// CancelUpload deletes the upload session a registry Location names, best
+// effort.
+func (r *Repository) CancelUpload(ctx context.Context, location string) {
+	loc := r.RewriteLocation(location, "")
+	path, rawQuery, _ := strings.Cut(loc, "?")
+	session, ok := strings.CutPrefix(path, "/blobs/uploads/")
+	if !ok || session == "" {
+		return
+	}
+	q, _ := url.ParseQuery(rawQuery)
+	resp, err := r.Do(ctx, http.MethodDelete, Path{Kind: Upload, Ref: session}, q, http.Header{}, nil, 0)
+	if err == nil {
+		_ = resp.Body.Close()
+	}
+}
+
+// RangeEnd returns the last byte offset N of a registry Range header
+// "0-N" (or "bytes=0-N").
+func RangeEnd(r string) (int64, bool) {
+	_, end, ok := strings.Cut(r, "-")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(end), 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
 }

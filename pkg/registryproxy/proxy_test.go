@@ -56,3 +56,16 @@ func TestRewriteLocation(t *testing.T) {
 		}
 	}
 }
+
+func TestRangeEnd(t *testing.T) {
+	for in, want := range map[string]int64{"0-0": 0, "0-99": 99, "bytes=0-1023": 1023, " 0- 7 ": 7} {
+		if got, ok := RangeEnd(in); !ok || got != want {
+			t.Errorf("RangeEnd(%q) = %d, %v; want %d", in, got, ok, want)
+		}
+	}
+	for _, in := range []string{"", "0", "0-x", "0--1"} {
+		if got, ok := RangeEnd(in); ok {
+			t.Errorf("RangeEnd(%q) = %d, want none", in, got)
+		}
+	}
+}
