@@ -201,7 +201,7 @@ func TestRollbackAndRollforward(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		img.Spec.PinnedReference = pin
+		img.Spec.PinnedReference, img.Spec.PinnedResolvedAt = pin.Reference, pin.ResolvedAt
 		if img, err = images.Update(ctx, img, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}

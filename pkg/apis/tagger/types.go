@@ -115,6 +115,10 @@ type ImageSpec struct {
 	// PinnedReference, when set, is the generation consumers should use
 	// instead of the newest (a rollback).
 	PinnedReference string
+	// PinnedResolvedAt tells which generation PinnedReference pins when
+	// its reference appears more than once: the one resolved at this time.
+	// Nil means the newest generation with that reference.
+	PinnedResolvedAt *metav1.MicroTime
 	// ImportPolicy says when Tagger imports on its own; nil means never.
 	ImportPolicy *ImportPolicy
 	// TagPolicy, when set, chooses the tag of From (which then names a

@@ -283,16 +283,17 @@ func (o *options) pullCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "pull NAME DEST [--generation N | --digest D]",
 		Short: "Pull a generation of an Image to a local archive or directory",
-		Long: `Pull copies a generation of the Image (the newest by default) from the mirror
+		Long: `Pull copies a generation of the Image (the current one by default: the pinned
+one after a rollback, else the newest; see "kubectl image list") from the mirror
 registry, through the Image's images/pull subresource, to DEST: every platform,
 digests unchanged.
 
 DEST is oci-archive:FILE, oci:DIR[:REF], docker-archive:FILE (single-platform
 images only) or dir:DIR; a plain path means oci-archive:PATH.`,
-		Example: `  # The newest generation, as an OCI archive
+		Example: `  # The current generation, as an OCI archive
   kubectl image pull app app.tar
 
-  # The generation before it, for "docker load"
+  # Generation 1 (the one before the newest), for "docker load"
   kubectl image pull app docker-archive:app.tar --generation 1
 
   # A generation by digest
@@ -325,6 +326,11 @@ images only) or dir:DIR; a plain path means oci-archive:PATH.`,
 					return fmt.Errorf("image %s has no generation %s (see kubectl image list %s)", args[0], dgst, args[0])
 				}
 			} else {
+				if !cmd.Flags().Changed("generation") {
+					if generation = v1beta1.CurrentGeneration(img); generation < 0 {
+						return fmt.Errorf("image %s is pinned to %s, which is no longer among its generations: give --generation or --digest", args[0], img.Spec.PinnedReference)
+					}
+				}
 				if generation < 0 || generation >= len(refs) {
 					return fmt.Errorf("image %s has generations 0 to %d (see kubectl image list %s)", args[0], len(refs)-1, args[0])
 				}
@@ -343,7 +349,7 @@ images only) or dir:DIR; a plain path means oci-archive:PATH.`,
 			return nil
 		},
 	}
-	cmd.Flags().IntVar(&generation, "generation", 0, "Generation to pull: 0 is the newest, 1 the one before, as \"kubectl image list\" numbers them.")
+	cmd.Flags().IntVar(&generation, "generation", 0, "Generation to pull: 0 is the newest, 1 the one before, as \"kubectl image list\" numbers them (default: the current one).")
 	cmd.Flags().StringVar(&dgst, "digest", "", "Digest of the generation to pull (sha256:...).")
 	return cmd
 }
@@ -367,9 +373,10 @@ func (o *options) listCommand() *cobra.Command {
 			}
 			tw := tabwriter.NewWriter(o.streams.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "GENERATION\tCURRENT\tIMPORTED\tFROM\tIMAGEREFERENCE")
+			current := v1beta1.CurrentGeneration(img)
 			for i, hr := range img.Status.HashReferences {
 				cur := ""
-				if hr.ImageReference == img.Status.CurrentReference {
+				if i == current {
 					cur = "*"
 					if img.Spec.PinnedReference != "" {
 						cur = "* (pinned)"
@@ -410,7 +417,7 @@ func (o *options) rollCommand(back bool) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				img.Spec.PinnedReference = pin
+				img.Spec.PinnedReference, img.Spec.PinnedResolvedAt = pin.Reference, pin.ResolvedAt
 				result, err = images.Update(cmd.Context(), img, metav1.UpdateOptions{})
 				return err
 			})
@@ -420,7 +427,7 @@ func (o *options) rollCommand(back bool) *cobra.Command {
 			if result.Spec.PinnedReference == "" {
 				fmt.Fprintf(o.streams.ErrOut, "image %s: the newest generation is current (no pin)\n", args[0])
 			} else {
-				fmt.Fprintf(o.streams.ErrOut, "image %s: generation %d is current (pinned)\n", args[0], index(result, result.Status.CurrentReference))
+				fmt.Fprintf(o.streams.ErrOut, "image %s: generation %d is current (pinned)\n", args[0], v1beta1.CurrentGeneration(result))
 			}
 			fmt.Fprintln(o.streams.Out, result.Status.CurrentReference)
 			return nil
@@ -428,42 +435,48 @@ func (o *options) rollCommand(back bool) *cobra.Command {
 	}
 }
 
-func index(img *v1beta1.Image, ref string) int {
-	for i, hr := range img.Status.HashReferences {
-		if hr.ImageReference == ref {
-			return i
-		}
-	}
-	return -1
+// Pin is a value of spec.pinnedReference and spec.pinnedResolvedAt; the
+// zero Pin is no pin (the newest generation is current).
+type Pin struct {
+	Reference  string
+	ResolvedAt *metav1.MicroTime
+}
+
+// pinOf returns the pin that names generation i of img alone, even when
+// its reference appears more than once.
+func pinOf(img *v1beta1.Image, i int) Pin {
+	hr := img.Status.HashReferences[i]
+	at := v1beta1.GenerationTime(hr)
+	return Pin{Reference: hr.ImageReference, ResolvedAt: &at}
 }
 
 // Roll returns the pin that rolls img back (to the generation older than
-// the current one) or forward (to the next newer one; "" at the newest).
-func Roll(img *v1beta1.Image, back bool) (string, error) {
+// the current one) or forward (to the next newer one; no pin at the
+// newest). It moves one generation at a time, so it visits every
+// generation, whatever digests the history repeats.
+func Roll(img *v1beta1.Image, back bool) (Pin, error) {
 	refs := img.Status.HashReferences
 	if len(refs) == 0 {
-		return "", fmt.Errorf("image %s has no generation yet", img.Name)
+		return Pin{}, fmt.Errorf("image %s has no generation yet", img.Name)
 	}
-	cur := 0
-	if img.Spec.PinnedReference != "" {
-		if cur = index(img, img.Spec.PinnedReference); cur < 0 {
-			return "", fmt.Errorf("image %s is pinned to %s, which is no longer among its generations: clear the pin with kubectl patch image %s --type=merge -p '{\"spec\":{\"pinnedReference\":null}}'", img.Name, img.Spec.PinnedReference, img.Name)
-		}
+	cur := v1beta1.CurrentGeneration(img)
+	if cur < 0 {
+		return Pin{}, fmt.Errorf("image %s is pinned to %s, which is no longer among its generations: clear the pin with kubectl patch image %s --type=merge -p '{\"spec\":{\"pinnedReference\":null}}'", img.Name, img.Spec.PinnedReference, img.Name)
 	}
 	if back {
 		if cur+1 >= len(refs) {
-			return "", fmt.Errorf("image %s: generation %d is the oldest kept, there is nothing to roll back to", img.Name, cur)
+			return Pin{}, fmt.Errorf("image %s: generation %d is the oldest kept, there is nothing to roll back to", img.Name, cur)
 		}
-		return refs[cur+1].ImageReference, nil
+		return pinOf(img, cur+1), nil
 	}
 	if cur == 0 {
 		if img.Spec.PinnedReference == "" {
-			return "", errors.New("image " + img.Name + ": the newest generation is already current")
+			return Pin{}, errors.New("image " + img.Name + ": the newest generation is already current")
 		}
-		return "", nil
+		return Pin{}, nil
 	}
 	if cur == 1 {
-		return "", nil
+		return Pin{}, nil
 	}
-	return refs[cur-1].ImageReference, nil
+	return pinOf(img, cur-1), nil
 }

@@ -3257,6 +3257,12 @@ func schema_pkg_apis_tagger_v1beta1_ImageSpec(ref common.ReferenceCallback) comm
 							Format:      "",
 						},
 					},
+					"pinnedResolvedAt": {
+						SchemaProps: spec.SchemaProps{
+							Description: "PinnedResolvedAt says which generation spec.pinnedReference pins when that reference appears more than once in status.hashReferences (the same image pushed or imported again later): the one whose resolvedAt (importedAt for generations recorded without resolvedAt) is this time. Unset means the newest generation with that reference, as before this field existed. It is only valid with pinnedReference and is dropped when pinnedReference is cleared, or changed without it. \"kubectl image rollback\" and \"rollforward\" set both.",
+							Ref:         ref(v1.MicroTime{}.OpenAPIModelName()),
+						},
+					},
 					"importPolicy": {
 						SchemaProps: spec.SchemaProps{
 							Description: "ImportPolicy says when Tagger imports this Image on its own: on a schedule (\"scheduled: true\"). Registry webhooks re-import every Image they match, whatever this says. Unset means only when asked.",
@@ -3274,7 +3280,7 @@ func schema_pkg_apis_tagger_v1beta1_ImageSpec(ref common.ReferenceCallback) comm
 			},
 		},
 		Dependencies: []string{
-			v1beta1.ImportPolicy{}.OpenAPIModelName(), v1beta1.TagPolicy{}.OpenAPIModelName()},
+			v1.MicroTime{}.OpenAPIModelName(), v1beta1.ImportPolicy{}.OpenAPIModelName(), v1beta1.TagPolicy{}.OpenAPIModelName()},
 	}
 }
 

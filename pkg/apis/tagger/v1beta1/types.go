@@ -60,6 +60,16 @@ type ImageSpec struct {
 	// "kubectl image rollback" and "rollforward" set and clear it.
 	// +optional
 	PinnedReference string `json:"pinnedReference,omitempty"`
+	// PinnedResolvedAt says which generation spec.pinnedReference pins when
+	// that reference appears more than once in status.hashReferences (the
+	// same image pushed or imported again later): the one whose resolvedAt
+	// (importedAt for generations recorded without resolvedAt) is this
+	// time. Unset means the newest generation with that reference, as
+	// before this field existed. It is only valid with pinnedReference and
+	// is dropped when pinnedReference is cleared, or changed without it.
+	// "kubectl image rollback" and "rollforward" set both.
+	// +optional
+	PinnedResolvedAt *metav1.MicroTime `json:"pinnedResolvedAt,omitempty"`
 	// ImportPolicy says when Tagger imports this Image on its own: on a
 	// schedule ("scheduled: true"). Registry webhooks re-import every
 	// Image they match, whatever this says. Unset means only when asked.

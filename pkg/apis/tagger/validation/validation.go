@@ -26,6 +26,7 @@ import (
 	"github.com/Masterminds/semver/v3"
 	"github.com/distribution/reference"
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
@@ -60,7 +61,7 @@ func ValidateImageUpdate(img, old *tagger.Image) field.ErrorList {
 	allErrs = append(allErrs, validateImageSpec(&img.Spec, field.NewPath("spec"))...)
 	// A pin that was valid when set may outlive its generation in the 25
 	// kept; only a changed pin must name a generation.
-	if img.Spec.PinnedReference != old.Spec.PinnedReference {
+	if img.Spec.PinnedReference != old.Spec.PinnedReference || !samePinTime(img.Spec.PinnedResolvedAt, old.Spec.PinnedResolvedAt) {
 		allErrs = append(allErrs, validatePinnedReference(img, field.NewPath("spec", "pinnedReference"))...)
 	}
 	return allErrs
@@ -76,13 +77,28 @@ func validatePinnedReference(img *tagger.Image, fldPath *field.Path) field.Error
 	if errs := ValidateDigestReference(pin, fldPath); len(errs) > 0 {
 		return errs
 	}
-	for _, ref := range img.Status.HashReferences {
-		if ref.ImageReference == pin {
-			return nil
+	if tagger.PinnedGeneration(img) < 0 {
+		return field.ErrorList{field.Invalid(fldPath, pin,
+			"must be the imageReference of one of status.hashReferences (see \"kubectl image list\"; \"kubectl image rollback\" sets it)")}
+	}
+	// With a time, the pin names one generation exactly.
+	if at := img.Spec.PinnedResolvedAt; at != nil {
+		i := tagger.PinnedGeneration(img)
+		r := img.Status.HashReferences[i]
+		if !tagger.GenerationTime(r.ResolvedAt, r.ImportedAt).Equal(at.Truncate(time.Microsecond)) {
+			return field.ErrorList{field.Invalid(field.NewPath("spec", "pinnedResolvedAt"), at.UTC().Format(time.RFC3339Nano),
+				"must be the resolvedAt (importedAt when unset) of a generation with imageReference spec.pinnedReference (see \"kubectl get image -o yaml\"; \"kubectl image rollback\" sets it)")}
 		}
 	}
-	return field.ErrorList{field.Invalid(fldPath, pin,
-		"must be the imageReference of one of status.hashReferences (see \"kubectl image list\"; \"kubectl image rollback\" sets it)")}
+	return nil
+}
+
+// samePinTime tells whether two pin times name the same microsecond.
+func samePinTime(a, b *metav1.MicroTime) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Truncate(time.Microsecond).Equal(b.Truncate(time.Microsecond))
 }
 
 // ValidateImageStatusUpdate validates an update of an Image's status.

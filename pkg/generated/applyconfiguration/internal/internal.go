@@ -156,6 +156,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: pinnedReference
       type:
         scalar: string
+    - name: pinnedResolvedAt
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime
     - name: tagPolicy
       type:
         namedType: dev.tagger.tagger.pkg.apis.tagger.v1beta1.TagPolicy

@@ -102,7 +102,23 @@ func (imageStrategy) PrepareForCreate(ctx context.Context, obj runtime.Object) {
 	img := obj.(*tagger.Image)
 	img.Status = tagger.ImageStatus{}
 	img.Generation = 1
+	normalizePin(img, nil)
 	SetCurrentReference(img)
+}
+
+// normalizePin drops a pin time that no longer goes with the pin: when the
+// pin is cleared, or when the reference changed but the time did not (a
+// client that knows only spec.pinnedReference moved it); the pin then names
+// the newest generation with its reference.
+func normalizePin(img, old *tagger.Image) {
+	spec := &img.Spec
+	switch {
+	case spec.PinnedReference == "":
+		spec.PinnedResolvedAt = nil
+	case old != nil && spec.PinnedReference != old.Spec.PinnedReference &&
+		apiequality.Semantic.DeepEqual(spec.PinnedResolvedAt, old.Spec.PinnedResolvedAt):
+		spec.PinnedResolvedAt = nil
+	}
 }
 
 // SetCurrentReference makes status.currentReference what consumers should
@@ -123,6 +139,7 @@ func SetCurrentReference(img *tagger.Image) {
 func (imageStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Object) {
 	img, oldImg := obj.(*tagger.Image), old.(*tagger.Image)
 	img.Status = oldImg.Status
+	normalizePin(img, oldImg)
 	if !apiequality.Semantic.DeepEqual(img.Spec, oldImg.Spec) {
 		img.Generation = oldImg.Generation + 1
 	}

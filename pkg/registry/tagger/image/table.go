@@ -36,8 +36,8 @@ var imageColumns = []metav1.TableColumnDefinition{
 	{Name: "From", Type: "string", Description: "The source image reference."},
 	{Name: "Mirror", Type: "boolean", Description: "Whether generations are mirrored."},
 	{Name: "Insecure", Type: "boolean", Description: "Whether TLS verification is skipped for the source."},
-	{Name: "ImageReference", Type: "string", Description: "The newest generation's digest reference."},
-	{Name: "ImportedAt", Type: "string", Description: "When the newest generation was imported."},
+	{Name: "ImageReference", Type: "string", Description: "The current generation's digest reference (status.currentReference): the pinned one after a rollback, else the newest."},
+	{Name: "ImportedAt", Type: "string", Description: "When the current generation was imported."},
 	{Name: "Current", Type: "string", Description: "Which generation is current: the newest, or the one spec.pinnedReference pins (kubectl image rollback)."},
 	{Name: "Age", Type: "string", Description: "Time since the Image was created."},
 }
@@ -58,10 +58,10 @@ func (TableConvertor) ConvertToTable(ctx context.Context, obj runtime.Object, ta
 		if !ok {
 			return nil, fmt.Errorf("not an Image: %T", obj)
 		}
-		ref, at := "", ""
-		if len(img.Status.HashReferences) > 0 {
-			head := img.Status.HashReferences[0]
-			ref, at = head.ImageReference, head.ImportedAt.UTC().Format(time.RFC3339)
+		ref, at := img.Status.CurrentReference, ""
+		if i := tagger.CurrentGeneration(img); i >= 0 {
+			cur := img.Status.HashReferences[i]
+			ref, at = cur.ImageReference, cur.ImportedAt.UTC().Format(time.RFC3339)
 		}
 		return []interface{}{name, img.Spec.From, img.Spec.Mirror, img.Spec.Insecure, ref, at, current(img), age}, nil
 	})
@@ -77,10 +77,8 @@ func current(img *tagger.Image) string {
 		}
 		return "newest"
 	}
-	for i, ref := range img.Status.HashReferences {
-		if ref.ImageReference == img.Spec.PinnedReference {
-			return fmt.Sprintf("pinned #%d", i)
-		}
+	if i := tagger.PinnedGeneration(img); i >= 0 {
+		return fmt.Sprintf("pinned #%d", i)
 	}
 	return "pinned (gone)"
 }

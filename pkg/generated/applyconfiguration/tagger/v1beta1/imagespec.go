@@ -18,6 +18,10 @@ limitations under the License.
 
 package v1beta1
 
+import (
+	v1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
 // ImageSpecApplyConfiguration represents a declarative configuration of the ImageSpec type for use
 // with apply.
 //
@@ -39,6 +43,15 @@ type ImageSpecApplyConfiguration struct {
 	// status.hashReferences. Unset means the newest generation is current.
 	// "kubectl image rollback" and "rollforward" set and clear it.
 	PinnedReference *string `json:"pinnedReference,omitempty"`
+	// PinnedResolvedAt says which generation spec.pinnedReference pins when
+	// that reference appears more than once in status.hashReferences (the
+	// same image pushed or imported again later): the one whose resolvedAt
+	// (importedAt for generations recorded without resolvedAt) is this
+	// time. Unset means the newest generation with that reference, as
+	// before this field existed. It is only valid with pinnedReference and
+	// is dropped when pinnedReference is cleared, or changed without it.
+	// "kubectl image rollback" and "rollforward" set both.
+	PinnedResolvedAt *v1.MicroTime `json:"pinnedResolvedAt,omitempty"`
 	// ImportPolicy says when Tagger imports this Image on its own: on a
 	// schedule ("scheduled: true"). Registry webhooks re-import every
 	// Image they match, whatever this says. Unset means only when asked.
@@ -85,6 +98,14 @@ func (b *ImageSpecApplyConfiguration) WithInsecure(value bool) *ImageSpecApplyCo
 // If called multiple times, the PinnedReference field is set to the value of the last call.
 func (b *ImageSpecApplyConfiguration) WithPinnedReference(value string) *ImageSpecApplyConfiguration {
 	b.PinnedReference = &value
+	return b
+}
+
+// WithPinnedResolvedAt sets the PinnedResolvedAt field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the PinnedResolvedAt field is set to the value of the last call.
+func (b *ImageSpecApplyConfiguration) WithPinnedResolvedAt(value v1.MicroTime) *ImageSpecApplyConfiguration {
+	b.PinnedResolvedAt = &value
 	return b
 }
 
