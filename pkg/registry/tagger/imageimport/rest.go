@@ -39,6 +39,7 @@ import (
 
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/controller/imports"
+	"tagger.dev/tagger/pkg/redact"
 	"tagger.dev/tagger/pkg/registry/status"
 )
 
@@ -301,7 +302,7 @@ func (r *REST) inherit(ctx context.Context, ii *tagger.ImageImport) error {
 	if r.deps.Policy != nil {
 		if err := r.deps.Policy.Check(ii.Spec.From); err != nil {
 			return apierrors.NewInvalid(tagger.Kind("ImageImport"), ii.Name, field.ErrorList{
-				field.Forbidden(field.NewPath("spec", "from"), err.Error()),
+				field.Forbidden(field.NewPath("spec", "from"), redact.Error(err)),
 			})
 		}
 	}
