@@ -37,8 +37,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
 	"tagger.dev/tagger/pkg/imagecopy/imagecopytest"
 	"tagger.dev/tagger/pkg/localregistry"
+	"tagger.dev/tagger/test/scenario"
 )
 
 // pluginRun runs "kubectl image ARGS" as user and returns stdout and stderr.
@@ -80,114 +82,53 @@ func sameImageArchive(t *testing.T, want, got string) {
 	}
 }
 
-// Push, pull, list, rollback and rollforward with "kubectl image" through
-// kube-apiserver's aggregator, into the namespace's own mirror.
+// scenarioEnv runs the shared push/pull/rollback scenario as admin in ns,
+// through kube-apiserver's aggregator.
+func (c *cluster) scenarioEnv(t *testing.T, ns string, mirror *registry) scenario.Env {
+	return scenario.Env{
+		Plugin: func(args ...string) (string, string, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			return c.pluginRun(ctx, "admin", append(args, "-n", ns)...)
+		},
+		Table: func(name string) (string, error) {
+			return c.kubectlAs("admin", "", "get", "img", "-n", ns, name)
+		},
+		Image: func(name string) (*v1beta1.Image, error) {
+			out, err := c.kubectlAs("admin", "", "get", "img", "-n", ns, name, "-o", "json")
+			if err != nil {
+				return nil, err
+			}
+			img := &v1beta1.Image{}
+			return img, json.Unmarshal([]byte(out), img)
+		},
+		Repository: func(name string) string { return mirror.Addr() + "/" + ns + "/" + name },
+		Work:       t.TempDir(),
+	}
+}
+
+// Push, pull, an index, a history that repeats a digest, rollback and
+// rollforward with "kubectl image" through kube-apiserver's aggregator,
+// into the namespace's own mirror (test/scenario); then what only a
+// cluster shows: the mirror's tags and the push records.
 func TestTransfer(t *testing.T) {
 	c := needCluster(t)
 	c.needPlugin(t, "kubectl-image")
 	ns := c.namespace(t, "transfer")
 	mirror := startRegistry(t, registryOptions{})
 	c.ownMirror(t, ns, mirror)
-	work := t.TempDir()
-	amd64 := v1.Platform{OS: "linux", Architecture: "amd64"}
+	scenario.Run(t, c.scenarioEnv(t, ns, mirror))
 
-	// A multi-layer OCI archive: the push creates the Image.
-	img, err := imagecopytest.Image(3, 256<<10, amd64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in := filepath.Join(work, "app.tar")
-	d1, err := imagecopytest.WriteOCIArchive(in, img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref1 := mirror.Addr() + "/" + ns + "/app@" + d1.String()
-	if out := c.mustPlugin(t, "admin", "push", "-n", ns, "app", "oci-archive:"+in); out != ref1 {
-		t.Fatalf("push printed %q, want %q", out, ref1)
-	}
-	if out := c.mustKubectl(t, "admin", "", "get", "img", "-n", ns, "app"); !strings.Contains(out, ref1) || !strings.Contains(out, "newest") {
-		t.Fatalf("kubectl get img after the push:\n%s", out)
-	}
-	for _, ref := range []string{ns + "/app:latest", ns + "/app:tagger-sha256-" + d1.Hex} {
-		if d, err := mirror.head(t, ref); err != nil || d != d1 {
-			t.Errorf("mirror %s: %v %v, want %s", ref, d, err, d1)
+	ref := c.mustKubectl(t, "admin", "", "get", "img", "-n", ns, "app", "-o", "jsonpath={.status.hashReferences[0].imageReference}")
+	_, dgst, _ := strings.Cut(ref, "@")
+	for _, r := range []string{ns + "/app:latest", ns + "/app:tagger-" + strings.Replace(dgst, ":", "-", 1)} {
+		if d, err := mirror.head(t, r); err != nil || d.String() != dgst {
+			t.Errorf("mirror %s: %v %v, want %s", r, d, err, dgst)
 		}
 	}
-	pulled := filepath.Join(work, "pulled.tar")
-	c.mustPlugin(t, "admin", "pull", "-n", ns, "app", "oci-archive:"+pulled)
-	sameImageArchive(t, in, pulled)
-
-	// A two-platform index keeps both platforms and its digest.
-	idx, err := imagecopytest.Index(2, 64<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	multi := filepath.Join(work, "multi.tar")
-	dm, err := imagecopytest.WriteOCIArchive(multi, idx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out := c.mustPlugin(t, "admin", "push", "-n", ns, "multi", "oci-archive:"+multi); out != mirror.Addr()+"/"+ns+"/multi@"+dm.String() {
-		t.Fatalf("push of an index printed %q", out)
-	}
-	multiOut := filepath.Join(work, "multi-out.tar")
-	c.mustPlugin(t, "admin", "pull", "-n", ns, "multi", multiOut)
-	sameImageArchive(t, multi, multiOut)
-
-	// A second generation; list, then roll back and forward.
-	img2, err := imagecopytest.Image(2, 4096, amd64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in2 := filepath.Join(work, "app2.tar")
-	d2, err := imagecopytest.WriteOCIArchive(in2, img2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref2 := mirror.Addr() + "/" + ns + "/app@" + d2.String()
-	if out := c.mustPlugin(t, "admin", "push", "-n", ns, "app", in2); out != ref2 {
-		t.Fatalf("second push printed %q, want %q", out, ref2)
-	}
-	current := func() string {
-		t.Helper()
-		return c.mustKubectl(t, "admin", "", "get", "img", "-n", ns, "app", "-o", "jsonpath={.status.currentReference}")
-	}
-	if got := current(); got != ref2 {
-		t.Fatalf("currentReference after the second push %q, want %q", got, ref2)
-	}
-	lines := strings.Split(c.mustPlugin(t, "admin", "list", "-n", ns, "app"), "\n")
-	if len(lines) != 3 || !strings.Contains(lines[1], ref2) || !strings.Contains(lines[1], "*") ||
-		!strings.Contains(lines[2], ref1) || strings.Contains(lines[2], "*") {
-		t.Fatalf("list:\n%s", strings.Join(lines, "\n"))
-	}
-	if out := c.mustPlugin(t, "admin", "rollback", "-n", ns, "app"); out != ref1 {
-		t.Fatalf("rollback printed %q, want %q", out, ref1)
-	}
-	if got := current(); got != ref1 {
-		t.Fatalf("currentReference after rollback %q, want %q", got, ref1)
-	}
-	if out := c.mustKubectl(t, "admin", "", "get", "img", "-n", ns, "app"); !strings.Contains(out, "pinned #1") {
-		t.Fatalf("kubectl get img after rollback:\n%s", out)
-	}
-	lines = strings.Split(c.mustPlugin(t, "admin", "list", "-n", ns, "app"), "\n")
-	if len(lines) != 3 || !strings.Contains(lines[2], "* (pinned)") || strings.Contains(lines[1], "*") {
-		t.Fatalf("list after rollback:\n%s", strings.Join(lines, "\n"))
-	}
-	// The pinned generation can be pulled by number.
-	old := filepath.Join(work, "old.tar")
-	c.mustPlugin(t, "admin", "pull", "-n", ns, "app", old, "--generation", "1")
-	sameImageArchive(t, in, old)
-	if out := c.mustPlugin(t, "admin", "rollforward", "-n", ns, "app"); out != ref2 {
-		t.Fatalf("rollforward printed %q, want %q", out, ref2)
-	}
-	if got := current(); got != ref2 {
-		t.Fatalf("currentReference after rollforward %q, want %q", got, ref2)
-	}
-	if out := c.mustKubectl(t, "admin", "", "get", "img", "-n", ns, "app", "-o", "jsonpath={.spec.pinnedReference}"); out != "" {
-		t.Fatalf("pin after rollforward to the newest: %q", out)
-	}
-	if out := c.mustKubectl(t, "admin", "", "get", "imageimports", "-n", ns, "-o", "jsonpath={.items[*].status.conditions[0].reason}"); strings.Count(out, "ImagePushed") != 3 {
-		t.Fatalf("push records: %q, want 3 ImagePushed", out)
+	// Three pushes into app, one into multi: each left a record.
+	if out := c.mustKubectl(t, "admin", "", "get", "imageimports", "-n", ns, "-o", "jsonpath={.items[*].status.conditions[0].reason}"); strings.Count(out, "ImagePushed") != 4 {
+		t.Fatalf("push records: %q, want 4 ImagePushed", out)
 	}
 }
 

@@ -126,27 +126,3 @@ func TestPushAndPullThroughSubresources(t *testing.T) {
 		t.Fatalf("generations %+v", got.Status.HashReferences)
 	}
 }
-
-func TestPushIndexKeepsEveryPlatform(t *testing.T) {
-	mirror := startRegistry(t, nil)
-	s := startServer(t, serverOptions{mirror: mirror.Addr()})
-	idx, err := imagecopytest.Index(2, 32<<10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, _, orig := pushArchive(t, s, "multi", idx)
-	got, err := s.client.TaggerV1beta1().Images(ns).Get(context.Background(), "multi", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The per-platform manifests, pushed by digest, are no generations.
-	if len(got.Status.HashReferences) != 1 || got.Status.HashReferences[0].ImageReference != mirror.Addr()+"/"+ns+"/multi@"+d.String() {
-		t.Fatalf("generations %+v", got.Status.HashReferences)
-	}
-	pullArchive(t, s, "multi", d, orig)
-	// A docker archive holds one image: the pull says what to do instead.
-	err = imagecopy.Pull(context.Background(), imagecopy.PullOptions{Target: target(s, "multi"), Digest: digest.Digest(d.String()), Dest: "docker-archive:" + filepath.Join(t.TempDir(), "x.tar")})
-	if err == nil || !strings.Contains(err.Error(), "oci-archive:") {
-		t.Fatalf("pull of an index to docker-archive: %v", err)
-	}
-}

@@ -73,7 +73,9 @@ func Run(t *testing.T, e Env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.push("multi", multi, e.Repository("multi")+"@"+dm.String())
+	refM := e.Repository("multi") + "@" + dm.String()
+	s.push("multi", multi, refM)
+	s.list("multi", 0, false, refM) // the platforms, pushed by digest, are no generations
 	s.pull("multi", multi)
 	if _, stderr, err := e.Plugin("pull", "multi", "docker-archive:"+filepath.Join(e.Work, "multi-docker.tar")); err == nil || !strings.Contains(stderr+err.Error(), "oci-archive:") {
 		t.Fatalf("pull of an index to a docker archive: %v\n%s", err, stderr)
