@@ -195,18 +195,20 @@ func (r *REST) Create(ctx context.Context, obj runtime.Object, createValidation 
 	}
 	timer := r.deps.Clock.NewTimer(max(wait, 0))
 	defer timer.Stop()
+	var res *tagger.ImageImport
 	select {
 	case <-run.Done():
+		res = run.Result()
 	case <-timer.C():
-		return reserved, nil
 	case <-ctx.Done():
-		return reserved, nil
 	}
-	res := run.Result()
 	if res == nil {
-		// The run stored nothing (the server is stopping, or the record
-		// was deleted meanwhile): answer what is stored, if anything.
-		got, err := r.Store.Get(ctx, reserved.Name, &metav1.GetOptions{})
+		// Still running (or the run stored nothing: the server stops, the
+		// record was deleted): answer what is stored now, attempts so far
+		// included.
+		getCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), answerMargin)
+		defer cancel()
+		got, err := r.Store.Get(getCtx, reserved.Name, &metav1.GetOptions{})
 		if err != nil {
 			return reserved, nil
 		}

@@ -233,6 +233,37 @@ func TestCreateAnswersProgressing(t *testing.T) {
 	}
 }
 
+// TestCreateAnswersAttemptsSoFar: the Progressing answer shows what the
+// runner stored meanwhile (failed attempts and why), not the bare record.
+func TestCreateAnswersAttemptsSoFar(t *testing.T) {
+	runner := &fakeRunner{hold: make(chan struct{})}
+	defer close(runner.hold)
+	r := newREST(t, nil, runner, 500*time.Millisecond)
+	r.SetRunner(writingRunner{runner, r})
+	obj, err := r.Create(ctxNS(), newImport("imp", "registry.example.com/org/app:latest"), nil, &metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := obj.(*tagger.ImageImport)
+	if len(got.Status.ImportAttempts) != 1 || got.Status.ImportAttempts[0].Reason != "connection refused" {
+		t.Fatalf("status %+v", got.Status)
+	}
+}
+
+// writingRunner stores a failed attempt before it holds.
+type writingRunner struct {
+	*fakeRunner
+	r *REST
+}
+
+func (w writingRunner) Start(rec *tagger.ImageImport) *imports.Run {
+	// A failed write shows as a missing attempt in the test's check.
+	_, _ = w.r.UpdateRecord(context.Background(), rec.Namespace, rec.Name, imports.Preconditions{UID: rec.UID}, func(ii *tagger.ImageImport) {
+		ii.Status.ImportAttempts = append(ii.Status.ImportAttempts, tagger.ImportAttempt{When: metav1.Now(), Reason: "connection refused"})
+	})
+	return w.fakeRunner.Start(rec)
+}
+
 // TestCreateWaitIsBoundedByDeadline: the wait ends before the request's
 // deadline whatever SyncTimeout says.
 func TestCreateWaitIsBoundedByDeadline(t *testing.T) {
