@@ -32,7 +32,6 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
-	"tagger.dev/tagger/pkg/admission/podimages"
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
 	"tagger.dev/tagger/pkg/apiserver/scheme"
@@ -43,6 +42,7 @@ import (
 	imageetcd "tagger.dev/tagger/pkg/registry/tagger/image/etcd"
 	"tagger.dev/tagger/pkg/registry/tagger/image/transfer"
 	"tagger.dev/tagger/pkg/registry/tagger/imageimport"
+	"tagger.dev/tagger/pkg/webhook/podimages"
 )
 
 // ExtraConfig is what Tagger adds to a generic API server's configuration.

@@ -48,11 +48,11 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
-	"tagger.dev/tagger/pkg/admission/podimages"
 	taggerv1beta1 "tagger.dev/tagger/pkg/apis/tagger/v1beta1"
 	"tagger.dev/tagger/pkg/generated/clientset/versioned"
 	taggerinformers "tagger.dev/tagger/pkg/generated/informers/externalversions"
 	taggerlisters "tagger.dev/tagger/pkg/generated/listers/tagger/v1beta1"
+	"tagger.dev/tagger/pkg/webhook/podimages"
 )
 
 const (

@@ -34,11 +34,11 @@ import (
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 	genericoptions "k8s.io/apiserver/pkg/server/options"
 
-	"tagger.dev/tagger/pkg/admission/podimages"
 	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
 	"tagger.dev/tagger/pkg/apiserver/scheme"
 	"tagger.dev/tagger/pkg/rollout"
 	"tagger.dev/tagger/pkg/sources"
+	"tagger.dev/tagger/pkg/webhook/podimages"
 )
 
 // etcdPrefix is where Tagger keeps its objects in etcd.
@@ -85,6 +85,9 @@ type Options struct {
 
 	// EnablePodWebhook serves the pod admission webhook (cluster mode).
 	EnablePodWebhook bool
+	// PodWebhookAllowedNames are the common names of the client
+	// certificates the pod webhook answers: kube-apiserver's.
+	PodWebhookAllowedNames []string
 	// EnableRollout runs the rollout controller (cluster mode).
 	EnableRollout bool
 	// LeaderElection is the Lease the rollout controller's replicas share;
@@ -115,6 +118,7 @@ func NewOptions() *Options {
 	if o.Namespace == "" {
 		o.Namespace = "tagger"
 	}
+	o.PodWebhookAllowedNames = []string{podimages.DefaultCallerName}
 	// JSON in etcd keeps the data readable with etcdctl; Tagger objects are small.
 	o.RecommendedOptions.Etcd.DefaultStorageMediaType = "application/json"
 	return o
@@ -142,6 +146,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ImportRenewInterval, "import-renew-interval", o.ImportRenewInterval, "How often a server renews its claim on each import it runs.")
 	fs.DurationVar(&o.ImportResumeAfter, "import-resume-after", o.ImportResumeAfter, "How long a claim may go unrenewed (its server crashed) before another server resumes the import. Keep it several times --import-renew-interval.")
 	fs.BoolVar(&o.EnablePodWebhook, "enable-pod-webhook", o.EnablePodWebhook, "Serve the pod admission webhook at "+podimages.Path+": pods of opted-in namespaces (label "+podimages.NamespaceLabel+"="+podimages.NamespaceLabelValue+") that name an Image get its current digest reference. Cluster mode only.")
+	fs.StringSliceVar(&o.PodWebhookAllowedNames, "pod-webhook-allowed-names", o.PodWebhookAllowedNames, "Common names of the client certificates the pod webhook answers; the certificate must also verify against the client CAs of the server's authentication. kube-apiserver presents one when its --admission-control-config-file gives the webhook a kubeconfig (artifacts/kube-apiserver/). Every other caller is refused.")
 	fs.BoolVar(&o.EnableRollout, "enable-rollout", o.EnableRollout, "Roll out Deployments, StatefulSets and DaemonSets annotated "+rollout.FollowAnnotation+`: "true" when the current generation of an Image their pods use changes; one replica at a time, elected through a Lease. Cluster mode only.`)
 	fs.StringVar(&o.LeaderElection.Name, "leader-elect-resource-name", o.LeaderElection.Name, "Name of the coordination.k8s.io Lease, in --namespace, that elects the replica running the rollout controller.")
 	fs.DurationVar(&o.LeaderElection.LeaseDuration, "leader-elect-lease-duration", o.LeaderElection.LeaseDuration, "How long other replicas wait before taking over a Lease that was not renewed.")
@@ -251,6 +256,9 @@ func (o *Options) Validate() error {
 	}
 	if o.ImportSyncTimeout <= 0 || o.ImportTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--import-sync-timeout and --import-timeout must be positive"))
+	}
+	if o.EnablePodWebhook && len(o.PodWebhookAllowedNames) == 0 {
+		errs = append(errs, fmt.Errorf("--enable-pod-webhook needs --pod-webhook-allowed-names: the common name of kube-apiserver's webhook client certificate"))
 	}
 	if o.Local && (o.EnablePodWebhook || o.EnableRollout) {
 		errs = append(errs, fmt.Errorf("--enable-pod-webhook and --enable-rollout need a cluster (pods and workloads): not with --local"))

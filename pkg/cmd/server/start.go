@@ -47,7 +47,6 @@ import (
 	cliflag "k8s.io/component-base/cli/flag"
 	"k8s.io/klog/v2"
 
-	"tagger.dev/tagger/pkg/admission/podimages"
 	"tagger.dev/tagger/pkg/apiserver"
 	"tagger.dev/tagger/pkg/apiserver/scheme"
 	"tagger.dev/tagger/pkg/generated/clientset/versioned"
@@ -57,6 +56,7 @@ import (
 	"tagger.dev/tagger/pkg/localregistry"
 	"tagger.dev/tagger/pkg/rollout"
 	"tagger.dev/tagger/pkg/sources"
+	"tagger.dev/tagger/pkg/webhook/podimages"
 )
 
 // NewCommand returns the tagger-apiserver command.
@@ -189,10 +189,9 @@ func (o *Options) Config() (*apiserver.Config, error) {
 	gc.OpenAPIV3Config = genericapiserver.DefaultOpenAPIV3Config(generatedopenapi.GetOpenAPIDefinitions, namer)
 	gc.OpenAPIV3Config.Info.Title = "Tagger"
 	if o.EnablePodWebhook && ro.Authorization != nil {
-		// kube-apiserver calls webhooks without credentials (unless given an
-		// admission kubeconfig): the webhook path is open to anonymous
-		// callers, who can learn the current references of Images they
-		// name, no more (see README).
+		// RBAC does not decide who calls the webhook: the handler answers
+		// only kube-apiserver's client certificate (--pod-webhook-allowed-names)
+		// and refuses everyone else before reading a byte.
 		ro.Authorization = ro.Authorization.WithAlwaysAllowPaths(podimages.Path)
 	}
 	if err := ro.ApplyTo(gc); err != nil {
@@ -307,7 +306,11 @@ func (o *Options) podWebhook(gc *genericapiserver.RecommendedConfig, client kube
 	namespaces := gc.SharedInformerFactory.Core().V1().Namespaces()
 	_ = namespaces.Informer() // registered before the factory starts
 	lister := namespaces.Lister()
+	if gc.SecureServing == nil || gc.SecureServing.ClientCA == nil {
+		return nil, fmt.Errorf("--enable-pod-webhook needs client certificate authentication (a client CA from --client-ca-file or kube-system/extension-apiserver-authentication): the webhook answers only kube-apiserver's client certificate")
+	}
 	return &podimages.Handler{
+		Callers:     &podimages.Callers{CA: gc.SecureServing.ClientCA, Names: o.PodWebhookAllowedNames},
 		PullSecrets: &podimages.ClusterPullSecrets{Client: client},
 		OptedIn: func(name string) (bool, error) {
 			ns, err := lister.Get(name)
