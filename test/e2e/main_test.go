@@ -355,6 +355,10 @@ func startCluster() (*cluster, error) {
 	if err != nil {
 		return c, err
 	}
+	admissionConfig, err := webhookAdmissionConfig(pki, clusterCA)
+	if err != nil {
+		return c, err
+	}
 	c.apiserver = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 	kas, err := c.start("kube-apiserver", k8s["kube-apiserver"],
 		"--etcd-servers="+etcdURL,
@@ -369,6 +373,8 @@ func startCluster() (*cluster, error) {
 		"--service-account-key-file="+saKeyFile, "--service-account-signing-key-file="+saKeyFile,
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--disable-admission-plugins=ServiceAccount",
+		// Its client certificate for Tagger's pod webhook (artifacts/kube-apiserver/).
+		"--admission-control-config-file="+admissionConfig,
 		"--requestheader-client-ca-file="+frontProxyCA.certFile,
 		"--requestheader-allowed-names=front-proxy-client",
 		"--requestheader-username-headers=X-Remote-User",

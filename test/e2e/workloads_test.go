@@ -67,9 +67,14 @@ func (c *cluster) startWorkloads() error {
 	}
 	var ports []int
 	for i := 1; i <= 2; i++ {
-		port, err := freePort()
-		if err != nil {
-			return err
+		// The first serves the webhook, on the port kube-apiserver's
+		// admission kubeconfig names (webhookAdmissionConfig).
+		port := webhookAuth.port
+		if i > 1 {
+			var err error
+			if port, err = freePort(); err != nil {
+				return err
+			}
 		}
 		var args []string
 		for _, a := range first.cmd.Args[1:] {
