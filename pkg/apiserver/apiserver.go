@@ -64,6 +64,8 @@ type ExtraConfig struct {
 	// PodWebhook, when set, is served at podimages.Path; New fills in its
 	// Images (and its Mirrors when unset).
 	PodWebhook *podimages.Handler
+	// Cleanup tunes the cleanup of records and mirror tags.
+	Cleanup CleanupOptions
 }
 
 // Sources tells imports and pushes which credentials and mirror to use.
@@ -131,6 +133,9 @@ func (c completedConfig) New() (*TaggerServer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := c.addCleanup(gs); err != nil {
+		return nil, err
+	}
 	optsGetter := c.GenericConfig.RESTOptionsGetter
 
 	images, imageStatus, err := imageetcd.NewREST(scheme.Scheme, optsGetter)
@@ -164,6 +169,7 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		RenewInterval:    opts.RenewInterval,
 		ResumeAfter:      opts.ResumeAfter,
 		KeepClaimsOnStop: opts.KeepClaimsOnStop,
+		Observer:         c.importObserver(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("import controller: %w", err)

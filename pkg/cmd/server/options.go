@@ -82,6 +82,8 @@ type Options struct {
 	ImportResumeAfter   time.Duration
 	// MaxPushBytes bounds each blob and manifest pushed through images/push.
 	MaxPushBytes resource.Quantity
+	// MaxFinishedImports bounds the finished ImageImports kept per Image.
+	MaxFinishedImports int
 
 	// EnablePodWebhook serves the pod admission webhook (cluster mode).
 	EnablePodWebhook bool
@@ -108,6 +110,7 @@ func NewOptions() *Options {
 		ImportRenewInterval:  30 * time.Second,
 		ImportResumeAfter:    2 * time.Minute,
 		MaxPushBytes:         resource.MustParse("10Gi"),
+		MaxFinishedImports:   100, // cleanup.DefaultMaxFinishedImports
 		LeaderElection: rollout.LeaderElection{
 			Name:          "tagger-rollout",
 			LeaseDuration: 15 * time.Second,
@@ -153,6 +156,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.LeaderElection.RenewDeadline, "leader-elect-renew-deadline", o.LeaderElection.RenewDeadline, "How long the leader tries to renew its Lease before giving up leadership.")
 	fs.DurationVar(&o.LeaderElection.RetryPeriod, "leader-elect-retry-period", o.LeaderElection.RetryPeriod, "How often replicas try to acquire or renew the Lease.")
 	fs.Var(&quantityValue{&o.MaxPushBytes}, "max-push-bytes", "Largest blob (layer, config) or manifest that images/push accepts, in bytes or with a suffix (512Mi, 10Gi); larger ones are refused with 413.")
+	fs.IntVar(&o.MaxFinishedImports, "max-finished-imports-per-image", o.MaxFinishedImports, "How many finished ImageImports (imported or failed) are kept per Image; older ones are deleted, oldest first, never a running one. 0 or less keeps them all.")
 }
 
 // quantityValue is a pflag.Value for a resource.Quantity.

@@ -117,6 +117,15 @@ type Config struct {
 	// the controller stops, as a crash would; tests use it. By default a
 	// stopping server releases them so a running replica resumes at once.
 	KeepClaimsOnStop bool
+	// Observer, when set, is told of every outcome this server stores
+	// (metrics).
+	Observer Observer
+}
+
+// Observer is told of the outcome of each import, once, by the server
+// that ran it.
+type Observer interface {
+	ImportFinished(rec *tagger.ImageImport)
 }
 
 // Controller runs ImageImports.

@@ -288,6 +288,9 @@ func (r *runner) renew(ctx context.Context, cancelRun context.CancelFunc) {
 // event reports the outcome on the record.
 func (r *runner) event() {
 	ii := r.rec
+	if o := r.c.cfg.Observer; o != nil {
+		o.ImportFinished(ii)
+	}
 	ref := &corev1.ObjectReference{
 		APIVersion: taggerv1beta1.SchemeGroupVersion.String(), Kind: "ImageImport",
 		Namespace: ii.Namespace, Name: ii.Name, UID: ii.UID,
