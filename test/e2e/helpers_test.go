@@ -143,13 +143,14 @@ type registry struct {
 }
 
 type registryOptions struct {
-	tls   bool              // https with a self-signed certificate
-	users map[string]string // basic authentication (htpasswd) when set
+	tls   bool                            // https with a self-signed certificate
+	users map[string]string               // basic authentication (htpasswd) when set
+	wrap  func(http.Handler) http.Handler // sees every request when set
 }
 
 func startRegistry(t *testing.T, o registryOptions) *registry {
 	t.Helper()
-	opts := localregistry.Options{}
+	opts := localregistry.Options{Handler: o.wrap}
 	r := &registry{https: o.tls}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	if o.tls {

@@ -144,6 +144,10 @@ type cluster struct {
 	kubeconfig string // users admin, alice, bob, carol; admin is current
 	apiserver  string // https://127.0.0.1:port of kube-apiserver
 	tagger     string // https://127.0.0.1:port of tagger-apiserver
+	// taggerBin and taggerArgs start tagger-apiserver as the cluster runs
+	// it, but for --secure-port, for tests that start more replicas.
+	taggerBin  string
+	taggerArgs []string
 	pluginDir  string // built kubectl plugins, on kubectl's PATH
 	plugins    []string
 	pluginErr  error // why the plugins did not build; only their tests fail
@@ -472,20 +476,23 @@ users:
 	}
 	certs := filepath.Join(dir, "install", "artifacts", "certs")
 	c.tagger = fmt.Sprintf("https://127.0.0.1:%d", taggerPort)
-	tagger, err := c.start("tagger-apiserver", taggerBin,
-		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", taggerPort),
-		"--tls-cert-file="+filepath.Join(certs, "tls.crt"),
-		"--tls-private-key-file="+filepath.Join(certs, "tls.key"),
-		"--cert-dir="+filepath.Join(dir, "tagger-certs"),
-		"--kubeconfig="+saKubeconfig,
-		"--authentication-kubeconfig="+saKubeconfig,
-		"--authorization-kubeconfig="+saKubeconfig,
-		"--namespace="+taggerNamespace,
+	c.taggerBin = taggerBin
+	c.taggerArgs = []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=127.0.0.1",
+		"--tls-cert-file=" + filepath.Join(certs, "tls.crt"),
+		"--tls-private-key-file=" + filepath.Join(certs, "tls.key"),
+		"--cert-dir=" + filepath.Join(dir, "tagger-certs"),
+		"--kubeconfig=" + saKubeconfig,
+		"--authentication-kubeconfig=" + saKubeconfig,
+		"--authorization-kubeconfig=" + saKubeconfig,
+		"--namespace=" + taggerNamespace,
 		// Failing imports answer after this long (then retry in the
 		// background); successful ones take milliseconds on loopback.
 		"--import-sync-timeout=8s",
-		"-v=2")
+		"-v=2",
+	}
+	tagger, err := c.start("tagger-apiserver", taggerBin, append([]string{fmt.Sprintf("--secure-port=%d", taggerPort)}, c.taggerArgs...)...)
 	if err != nil {
 		return c, err
 	}
