@@ -39,10 +39,13 @@ import (
 	"tagger.dev/tagger/pkg/generated/clientset/versioned"
 	taggerinformers "tagger.dev/tagger/pkg/generated/informers/externalversions"
 	"tagger.dev/tagger/pkg/importer"
+	"tagger.dev/tagger/pkg/registry/tagger/image"
 	imageetcd "tagger.dev/tagger/pkg/registry/tagger/image/etcd"
 	"tagger.dev/tagger/pkg/registry/tagger/image/transfer"
 	"tagger.dev/tagger/pkg/registry/tagger/imageimport"
+	"tagger.dev/tagger/pkg/registry/tagger/registryhook"
 	"tagger.dev/tagger/pkg/webhook/podimages"
+	"tagger.dev/tagger/pkg/webhook/registryhooks"
 )
 
 // ExtraConfig is what Tagger adds to a generic API server's configuration.
@@ -66,6 +69,9 @@ type ExtraConfig struct {
 	PodWebhook *podimages.Handler
 	// Cleanup tunes the cleanup of records and mirror tags.
 	Cleanup CleanupOptions
+	// Checks tunes scheduled and webhook-triggered checks of Images, and
+	// the registry hooks.
+	Checks CheckOptions
 }
 
 // Sources tells imports and pushes which credentials and mirror to use.
@@ -129,6 +135,7 @@ func (cfg *Config) Complete() CompletedConfig {
 
 // New builds the server and installs the tagger.dev group.
 func (c completedConfig) New() (*TaggerServer, error) {
+	hooks := c.serveHooks()
 	gs, err := c.GenericConfig.New("tagger-apiserver", genericapiserver.NewEmptyDelegate())
 	if err != nil {
 		return nil, err
@@ -138,7 +145,7 @@ func (c completedConfig) New() (*TaggerServer, error) {
 	}
 	optsGetter := c.GenericConfig.RESTOptionsGetter
 
-	images, imageStatus, err := imageetcd.NewREST(scheme.Scheme, optsGetter)
+	images, imageStatus, err := imageetcd.NewRESTWithOptions(scheme.Scheme, optsGetter, image.Options{MinImportInterval: c.ExtraConfig.Checks.MinInterval})
 	if err != nil {
 		return nil, fmt.Errorf("images storage: %w", err)
 	}
@@ -175,6 +182,10 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		return nil, fmt.Errorf("import controller: %w", err)
 	}
 	imageImports.SetRunner(controller)
+	checks, err := c.newChecks(imageRegistry, imageImports)
+	if err != nil {
+		return nil, fmt.Errorf("check controller: %w", err)
+	}
 
 	push, pull, err := transfer.NewREST(transfer.Deps{
 		Images:       imageRegistry,
@@ -194,6 +205,10 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		"images/pull":         pull,
 		"imageimports":        imageImports,
 		"imageimports/status": importStatus,
+	}
+	if t := c.ExtraConfig.Checks.HookTokens; t != nil {
+		info.VersionedResourcesStorageMap[v1beta1.SchemeGroupVersion.Version]["registryhooks"] = registryhook.NewREST(t, c.ExtraConfig.Checks.HookBaseURL)
+		hooks.h.Store(&registryhooks.Handler{Tokens: t, Checks: checks})
 	}
 	if err := gs.InstallAPIGroup(&info); err != nil {
 		return nil, err
@@ -216,10 +231,18 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		if err := controller.Watch(factory.Tagger().V1beta1().ImageImports()); err != nil {
 			return err
 		}
+		if err := checks.Watch(factory.Tagger().V1beta1().Images(), factory.Tagger().V1beta1().ImageImports()); err != nil {
+			return err
+		}
 		factory.Start(hookCtx.Done())
 		go func() {
 			if err := controller.Run(hookCtx, 2); err != nil {
 				klog.ErrorS(err, "Import controller stopped")
+			}
+		}()
+		go func() {
+			if err := checks.Run(hookCtx); err != nil {
+				klog.ErrorS(err, "Check controller stopped")
 			}
 		}()
 		return nil

@@ -67,6 +67,9 @@ type Options struct {
 	// Handler, when set, wraps the registry's handler, e.g. to count or
 	// fail requests in tests.
 	Handler func(http.Handler) http.Handler
+	// Notifications are endpoints the registry posts its event envelopes
+	// to (pushes, pulls, deletes), as its "notifications" configuration.
+	Notifications []configuration.Endpoint
 }
 
 // Registry is a running registry. Deleting manifests and blobs is enabled.
@@ -164,6 +167,7 @@ func New(ctx context.Context, opts Options) (r *Registry, err error) {
 	// The default of a parsed configuration; zero refuses every "n" of
 	// GET /v2/_catalog?n=... ("crane catalog" asks for 1000).
 	cfg.Catalog.MaxEntries = 1000
+	cfg.Notifications.Endpoints = opts.Notifications
 	if opts.Htpasswd != "" {
 		if _, err := os.Stat(opts.Htpasswd); err != nil {
 			// The registry would create an htpasswd file with a random

@@ -71,9 +71,12 @@ const (
 	// still resolves to the Image's generation (ReasonUnchanged), when a new
 	// digest is being imported (ReasonImportStarted) or was imported
 	// (ReasonImageImported); False when the check (ReasonCheckFailed) or the
-	// import it started (ReasonImportFailed) failed. Checks back off while
-	// it is False.
+	// import it started (ReasonImportFailed) failed; Unknown with
+	// ReasonChecking while the first check under a new spec runs. Checks
+	// back off while it is False.
 	ConditionChecked = "Checked"
+	// ReasonChecking: the first check under the Image's current spec runs.
+	ReasonChecking = "Checking"
 	// ReasonUnchanged: the source resolved to the digest already recorded.
 	ReasonUnchanged = "Unchanged"
 	// ReasonImportStarted: the source moved; an ImageImport records it.
@@ -166,7 +169,7 @@ type ImageStatus struct {
 	// generation's reference; the strategies keep it so.
 	CurrentReference string
 	// LastCheckedAt is when Tagger last checked the source on its own.
-	LastCheckedAt *metav1.Time
+	LastCheckedAt *metav1.MicroTime
 	// Conditions hold ConditionChecked.
 	Conditions []metav1.Condition
 }

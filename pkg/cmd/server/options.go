@@ -84,6 +84,15 @@ type Options struct {
 	MaxPushBytes resource.Quantity
 	// MaxFinishedImports bounds the finished ImageImports kept per Image.
 	MaxFinishedImports int
+	// MinImportInterval is the shortest scheduled import interval accepted.
+	MinImportInterval time.Duration
+	// ChecksPerRegistry bounds the scheduled and webhook checks running at
+	// once against one registry.
+	ChecksPerRegistry int
+	// RegistryHookURL is the URL registries reach this server at; empty
+	// means https://tagger-apiserver.<namespace>.svc in a cluster and
+	// https://127.0.0.1:<port> in local mode.
+	RegistryHookURL string
 
 	// EnablePodWebhook serves the pod admission webhook (cluster mode).
 	EnablePodWebhook bool
@@ -111,6 +120,8 @@ func NewOptions() *Options {
 		ImportResumeAfter:    2 * time.Minute,
 		MaxPushBytes:         resource.MustParse("10Gi"),
 		MaxFinishedImports:   100, // cleanup.DefaultMaxFinishedImports
+		MinImportInterval:    time.Minute,
+		ChecksPerRegistry:    4,
 		LeaderElection: rollout.LeaderElection{
 			Name:          "tagger-rollout",
 			LeaseDuration: 15 * time.Second,
@@ -157,6 +168,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.LeaderElection.RetryPeriod, "leader-elect-retry-period", o.LeaderElection.RetryPeriod, "How often replicas try to acquire or renew the Lease.")
 	fs.Var(&quantityValue{&o.MaxPushBytes}, "max-push-bytes", "Largest blob (layer, config) or manifest that images/push accepts, in bytes or with a suffix (512Mi, 10Gi); larger ones are refused with 413.")
 	fs.IntVar(&o.MaxFinishedImports, "max-finished-imports-per-image", o.MaxFinishedImports, "How many finished ImageImports (imported or failed) are kept per Image; older ones are deleted, oldest first, never a running one. 0 or less keeps them all.")
+	fs.DurationVar(&o.MinImportInterval, "min-import-interval", o.MinImportInterval, "Shortest spec.importPolicy.interval an Image may have; shorter ones are refused, and stored ones (from before a change of this flag) are checked at this interval.")
+	fs.IntVar(&o.ChecksPerRegistry, "import-checks-per-registry", o.ChecksPerRegistry, "How many scheduled or webhook-triggered checks (manifest HEADs, tag lists) run at once against one registry.")
+	fs.StringVar(&o.RegistryHookURL, "registry-hook-url", o.RegistryHookURL, "URL registries reach this server at, for the webhook URLs \"kubectl image hook-url\" prints (e.g. https://tagger.example.com, an Ingress to the tagger-apiserver Service); empty means https://tagger-apiserver.<namespace>.svc, or https://127.0.0.1:<port> with --local.")
 }
 
 // quantityValue is a pflag.Value for a resource.Quantity.
@@ -269,6 +283,9 @@ func (o *Options) Validate() error {
 	}
 	if le := o.LeaderElection; o.EnableRollout && (le.Name == "" || le.RetryPeriod <= 0 || le.RenewDeadline <= le.RetryPeriod || le.LeaseDuration <= le.RenewDeadline) {
 		errs = append(errs, fmt.Errorf("leader election: need a --leader-elect-resource-name and 0 < --leader-elect-retry-period < --leader-elect-renew-deadline < --leader-elect-lease-duration"))
+	}
+	if o.MinImportInterval <= 0 || o.ChecksPerRegistry <= 0 {
+		errs = append(errs, fmt.Errorf("--min-import-interval and --import-checks-per-registry must be positive"))
 	}
 	if o.MaxPushBytes.Value() <= 0 {
 		errs = append(errs, fmt.Errorf("--max-push-bytes must be positive"))

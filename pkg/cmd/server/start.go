@@ -57,6 +57,7 @@ import (
 	"tagger.dev/tagger/pkg/rollout"
 	"tagger.dev/tagger/pkg/sources"
 	"tagger.dev/tagger/pkg/webhook/podimages"
+	"tagger.dev/tagger/pkg/webhook/registryhooks"
 )
 
 // NewCommand returns the tagger-apiserver command.
@@ -211,6 +212,11 @@ func (o *Options) Config() (*apiserver.Config, error) {
 			RenewInterval: o.ImportRenewInterval,
 			ResumeAfter:   o.ImportResumeAfter,
 		},
+		Checks: apiserver.CheckOptions{
+			MinInterval: o.MinImportInterval,
+			PerRegistry: o.ChecksPerRegistry,
+			HookBaseURL: o.hookBaseURL,
+		},
 	}
 	broadcaster := record.NewBroadcaster()
 	broadcaster.StartStructuredLogging(2)
@@ -235,6 +241,7 @@ func (o *Options) Config() (*apiserver.Config, error) {
 			return nil, err
 		}
 		extra.Sources = &sources.Local{AuthFile: o.AuthFile, MirrorConfig: o.LocalMirror}
+		extra.Checks.HookTokens = &registryhooks.FileTokens{Dir: filepath.Join(o.LocalDir, "registry-hooks")}
 		if extra.ImportOptions.Identity == "" {
 			// The only server of its etcd: after a restart it resumes
 			// what it ran at once.
@@ -257,6 +264,16 @@ func (o *Options) Config() (*apiserver.Config, error) {
 		go func() {
 			if err := cluster.Start(hookCtx); err != nil {
 				klog.ErrorS(err, "Secrets informers did not start")
+			}
+		}()
+		return nil
+	})
+	hookTokens := registryhooks.NewSecretTokens(client)
+	extra.Checks.HookTokens = hookTokens
+	gc.AddPostStartHookOrDie("tagger-registry-hook-tokens", func(hookCtx genericapiserver.PostStartHookContext) error {
+		go func() {
+			if err := hookTokens.Start(hookCtx); err != nil {
+				klog.ErrorS(err, "Registry hook Secrets informer did not start")
 			}
 		}()
 		return nil
@@ -327,4 +344,21 @@ func (o *Options) podWebhook(gc *genericapiserver.RecommendedConfig, client kube
 			return ns.Labels[podimages.NamespaceLabel] == podimages.NamespaceLabelValue, nil
 		},
 	}, nil
+}
+
+// hookBaseURL is the URL registries reach this server at: --registry-hook-url,
+// else the in-cluster Service, else (local mode) the loopback port.
+func (o *Options) hookBaseURL() string {
+	if o.RegistryHookURL != "" {
+		return o.RegistryHookURL
+	}
+	if o.Local {
+		if ln := o.RecommendedOptions.SecureServing.Listener; ln != nil {
+			if addr, ok := ln.Addr().(*net.TCPAddr); ok {
+				return fmt.Sprintf("https://127.0.0.1:%d", addr.Port)
+			}
+		}
+		return fmt.Sprintf("https://127.0.0.1:%d", o.RecommendedOptions.SecureServing.BindPort)
+	}
+	return "https://tagger-apiserver." + o.Namespace + ".svc"
 }

@@ -3318,8 +3318,8 @@ func schema_pkg_apis_tagger_v1beta1_ImageStatus(ref common.ReferenceCallback) co
 					},
 					"lastCheckedAt": {
 						SchemaProps: spec.SchemaProps{
-							Description: "LastCheckedAt is when Tagger last checked spec.from on its own (on schedule, or asked by a registry webhook). Replicas claim a check by writing it, so each interval sees one check.",
-							Ref:         ref(v1.Time{}.OpenAPIModelName()),
+							Description: "LastCheckedAt is when Tagger last checked spec.from on its own (on schedule, or asked by a registry webhook). Replicas claim a check by writing it, so each interval sees one check. To the microsecond.",
+							Ref:         ref(v1.MicroTime{}.OpenAPIModelName()),
 						},
 					},
 					"conditions": {
@@ -3332,7 +3332,7 @@ func schema_pkg_apis_tagger_v1beta1_ImageStatus(ref common.ReferenceCallback) co
 							},
 						},
 						SchemaProps: spec.SchemaProps{
-							Description: "Conditions hold \"Checked\", the outcome of the last check Tagger made on its own: True with reason Unchanged (the source still resolves to the recorded digest), ImportStarted (it moved: the message names the ImageImport) or ImageImported; False with reason CheckFailed or ImportFailed and why.",
+							Description: "Conditions hold \"Checked\", the outcome of the last check Tagger made on its own: True with reason Unchanged (the source still resolves to the recorded digest), ImportStarted (it moved: the message names the ImageImport) or ImageImported; False with reason CheckFailed or ImportFailed and why; Unknown with reason Checking while the first check under a new spec runs.",
 							Type:        []string{"array"},
 							Items: &spec.SchemaOrArray{
 								Schema: &spec.Schema{
@@ -3347,7 +3347,7 @@ func schema_pkg_apis_tagger_v1beta1_ImageStatus(ref common.ReferenceCallback) co
 			},
 		},
 		Dependencies: []string{
-			v1.Condition{}.OpenAPIModelName(), v1.Time{}.OpenAPIModelName(), v1beta1.HashReference{}.OpenAPIModelName()},
+			v1.Condition{}.OpenAPIModelName(), v1.MicroTime{}.OpenAPIModelName(), v1beta1.HashReference{}.OpenAPIModelName()},
 	}
 }
 

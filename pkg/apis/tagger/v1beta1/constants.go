@@ -39,6 +39,7 @@ const (
 	DefaultImportInterval = tagger.DefaultImportInterval
 
 	ConditionChecked    = tagger.ConditionChecked
+	ReasonChecking      = tagger.ReasonChecking
 	ReasonUnchanged     = tagger.ReasonUnchanged
 	ReasonImportStarted = tagger.ReasonImportStarted
 	ReasonCheckFailed   = tagger.ReasonCheckFailed

@@ -153,14 +153,15 @@ type ImageStatus struct {
 	CurrentReference string `json:"currentReference,omitempty"`
 	// LastCheckedAt is when Tagger last checked spec.from on its own (on
 	// schedule, or asked by a registry webhook). Replicas claim a check by
-	// writing it, so each interval sees one check.
+	// writing it, so each interval sees one check. To the microsecond.
 	// +optional
-	LastCheckedAt *metav1.Time `json:"lastCheckedAt,omitempty"`
+	LastCheckedAt *metav1.MicroTime `json:"lastCheckedAt,omitempty"`
 	// Conditions hold "Checked", the outcome of the last check Tagger made
 	// on its own: True with reason Unchanged (the source still resolves to
 	// the recorded digest), ImportStarted (it moved: the message names the
 	// ImageImport) or ImageImported; False with reason CheckFailed or
-	// ImportFailed and why.
+	// ImportFailed and why; Unknown with reason Checking while the first
+	// check under a new spec runs.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

@@ -184,7 +184,7 @@ var schemaYAML = typed.YAMLObject(`types:
           elementRelationship: atomic
     - name: lastCheckedAt
       type:
-        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime
 - name: dev.tagger.tagger.pkg.apis.tagger.v1beta1.ImportAttempt
   map:
     fields:

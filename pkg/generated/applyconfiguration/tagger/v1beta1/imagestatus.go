@@ -37,13 +37,14 @@ type ImageStatusApplyConfiguration struct {
 	CurrentReference *string `json:"currentReference,omitempty"`
 	// LastCheckedAt is when Tagger last checked spec.from on its own (on
 	// schedule, or asked by a registry webhook). Replicas claim a check by
-	// writing it, so each interval sees one check.
-	LastCheckedAt *v1.Time `json:"lastCheckedAt,omitempty"`
+	// writing it, so each interval sees one check. To the microsecond.
+	LastCheckedAt *v1.MicroTime `json:"lastCheckedAt,omitempty"`
 	// Conditions hold "Checked", the outcome of the last check Tagger made
 	// on its own: True with reason Unchanged (the source still resolves to
 	// the recorded digest), ImportStarted (it moved: the message names the
 	// ImageImport) or ImageImported; False with reason CheckFailed or
-	// ImportFailed and why.
+	// ImportFailed and why; Unknown with reason Checking while the first
+	// check under a new spec runs.
 	Conditions []metav1.ConditionApplyConfiguration `json:"conditions,omitempty"`
 }
 
@@ -77,7 +78,7 @@ func (b *ImageStatusApplyConfiguration) WithCurrentReference(value string) *Imag
 // WithLastCheckedAt sets the LastCheckedAt field in the declarative configuration to the given value
 // and returns the receiver, so that objects can be built by chaining "With" function invocations.
 // If called multiple times, the LastCheckedAt field is set to the value of the last call.
-func (b *ImageStatusApplyConfiguration) WithLastCheckedAt(value v1.Time) *ImageStatusApplyConfiguration {
+func (b *ImageStatusApplyConfiguration) WithLastCheckedAt(value v1.MicroTime) *ImageStatusApplyConfiguration {
 	b.LastCheckedAt = &value
 	return b
 }
