@@ -270,7 +270,7 @@ func (i *Importer) Import(ctx context.Context, req Request) (Result, error) {
 	}
 
 	start = time.Now()
-	mirrored, op, err := i.mirror(ctx, guard, srcSys, src, repo, dgst, req.Mirror)
+	mirrored, op, err := i.mirror(ctx, guard, srcSys, src, repo, dgst, req.Mirror, &res.MirroredBytes)
 	if err != nil {
 		return fail(op, err)
 	}
@@ -462,8 +462,9 @@ func getDigest(ctx context.Context, sys *types.SystemContext, ref types.ImageRef
 }
 
 // mirror copies repo@dgst, every platform, to m.Repository and returns the
-// mirror's digest reference, or the failed step and its error.
-func (i *Importer) mirror(ctx context.Context, guard *egress.Guard, srcSys *types.SystemContext, src *session, repo reference.Named, dgst digest.Digest, m *Mirror) (string, string, error) {
+// mirror's digest reference, or the failed step and its error. It adds the
+// blob bytes it copied (not those the mirror had) to copied.
+func (i *Importer) mirror(ctx context.Context, guard *egress.Guard, srcSys *types.SystemContext, src *session, repo reference.Named, dgst digest.Digest, m *Mirror, copied *int64) (string, string, error) {
 	op := "mirroring " + repo.Name() + "@" + dgst.String() + " to " + m.Repository
 	dst, err := reference.ParseNormalizedNamed(m.Repository)
 	if err != nil {
@@ -517,7 +518,19 @@ func (i *Importer) mirror(ctx context.Context, guard *egress.Guard, srcSys *type
 	}
 	defer func() { _ = policyCtx.Destroy() }()
 
+	progress := make(chan types.ProgressProperties, 16)
+	counted := make(chan struct{})
+	go func() {
+		defer close(counted)
+		for p := range progress {
+			if p.Event == types.ProgressEventDone {
+				*copied += int64(p.Offset)
+			}
+		}
+	}()
 	pushed, err := copy.Image(ctx, policyCtx, dstRef, srcRef, &copy.Options{
+		Progress:             progress,
+		ProgressInterval:     time.Hour, // only the Done events are used
 		SourceCtx:            srcSys,
 		DestinationCtx:       dstSys,
 		ImageListSelection:   copy.CopyAllImages,
@@ -527,6 +540,8 @@ func (i *Importer) mirror(ctx context.Context, guard *egress.Guard, srcSys *type
 		// cannot store containers/image's lookaside ones.
 		RemoveSignatures: true,
 	})
+	close(progress)
+	<-counted
 	if err != nil {
 		return "", op, explain(err)
 	}

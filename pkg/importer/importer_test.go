@@ -237,6 +237,10 @@ func TestMirrorLayout(t *testing.T) {
 		t.Errorf("second import resolved at %s, not after the first (%s)", res2.ResolvedAt, res.ResolvedAt)
 	}
 	res2.ResolvedAt = res.ResolvedAt
+	if res.MirroredBytes <= 0 || res2.MirroredBytes != 0 {
+		t.Errorf("mirrored bytes %d then %d, want some then none", res.MirroredBytes, res2.MirroredBytes)
+	}
+	res2.MirroredBytes = res.MirroredBytes
 	if res2 != res {
 		t.Errorf("second import %+v differs from first %+v", res2, res)
 	}

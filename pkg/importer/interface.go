@@ -90,6 +90,9 @@ type Result struct {
 	// copy ended. Generations are ordered by it: of two imports of one tag,
 	// the one that saw the tag later is newer, however long each copy took.
 	ResolvedAt time.Time
+	// MirroredBytes is how many blob bytes the mirror copy transferred
+	// (blobs the mirror had already are not counted).
+	MirroredBytes int64
 }
 
 // Interface imports one image. Implementations must honour ctx cancellation

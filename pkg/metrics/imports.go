@@ -130,6 +130,7 @@ func (i *Importer) Import(ctx context.Context, req importer.Request) (importer.R
 	ImportAttempts.WithLabelValues(host, ResultSuccess, ReasonNone).Inc()
 	if req.Mirror != nil && !res.ResolvedAt.IsZero() {
 		MirrorDuration.WithLabelValues(host).Observe(time.Since(res.ResolvedAt).Seconds())
+		MirroredBytes.WithLabelValues(host).Add(float64(res.MirroredBytes))
 	}
 	return res, nil
 }

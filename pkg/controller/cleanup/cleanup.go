@@ -246,7 +246,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 		return fmt.Errorf("the cleanup controller watches nothing: call Watch first")
 	}
 	if !cache.WaitForNamedCacheSync("tagger-cleanup", ctx.Done(), c.synced...) {
-		return ctx.Err()
+		return nil // stopped before it started
 	}
 	for range max(workers, 1) {
 		go wait.UntilWithContext(ctx, func(ctx context.Context) {
