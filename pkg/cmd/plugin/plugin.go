@@ -111,6 +111,7 @@ images/push and images/pull subresources of the Image.`,
 	cmd.SetErr(streams.ErrOut)
 	o.flags.AddFlags(cmd.PersistentFlags())
 	cmd.AddCommand(o.importCommand(), o.pushCommand(), o.pullCommand(), o.listCommand(), o.rollCommand(true), o.rollCommand(false))
+	cmd.AddCommand(o.hookURLCommand())
 	return cmd
 }
 
