@@ -78,9 +78,9 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	checks := &fakeChecks{images: map[string][]string{
-		"shop/registry.example.com/org/app:v9":  {"app"},
+		"shop/registry.example.com/org/app:v9":   {"app"},
 		"shop/quay.io/mynamespace/repository:v2": {"repo-a", "repo-b"},
-		"other/registry.example.com/org/app:v9": {"not-this"},
+		"other/registry.example.com/org/app:v9":  {"not-this"},
 	}}
 	clock := clocktesting.NewFakeClock(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
 	return &fixture{h: &Handler{Tokens: tokens, Checks: checks, Clock: clock}, checks: checks, clock: clock, token: token}
