@@ -109,7 +109,9 @@ func TestCompileRefuses(t *testing.T) {
 
 type listerFunc func(ctx context.Context, req importer.Request) ([]string, error)
 
-func (f listerFunc) ListTags(ctx context.Context, req importer.Request) ([]string, error) { return f(ctx, req) }
+func (f listerFunc) ListTags(ctx context.Context, req importer.Request) ([]string, error) {
+	return f(ctx, req)
+}
 
 func TestChoose(t *testing.T) {
 	var asked string
