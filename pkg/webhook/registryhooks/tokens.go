@@ -215,6 +215,10 @@ func (s *SecretTokens) Ensure(ctx context.Context, namespace string, rotate bool
 		sec.Data = map[string][]byte{}
 	}
 	sec.Data[SecretKey] = []byte(t)
+	if sec.Labels == nil {
+		sec.Labels = map[string]string{}
+	}
+	sec.Labels["app.kubernetes.io/managed-by"] = "tagger"
 	if _, err := secrets.Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 		return "", err
 	}
