@@ -71,3 +71,15 @@ certs:
 # $$XDG_CACHE_HOME/tagger-e2e (or ~/.cache/tagger-e2e).
 test-e2e:
 	$(GO) test $(TEST_FLAGS) -v ./test/e2e/
+
+.PHONY: image
+
+# The server image without a container daemon (hack/image): a static linux
+# tagger-apiserver on an empty base with this machine's CA certificates, user
+# 65532, written as a docker-archive to bin/tagger-apiserver.tar; PUSH=1
+# pushes it to IMAGE (credentials from ~/.docker/config.json). GOARCH=arm64
+# builds for arm64.
+IMAGE ?= quay.io/tagger/tagger-apiserver:0.1.0
+image:
+	GOOS=linux $(GO) build -ldflags="$(LDFLAGS)" -o $(BIN)/linux/tagger-apiserver ./cmd/tagger-apiserver
+	$(GO) run ./hack/image --binary $(BIN)/linux/tagger-apiserver --arch $$($(GO) env GOARCH) --tag $(IMAGE) --out $(BIN)/tagger-apiserver.tar $(if $(PUSH),--push)
