@@ -38,6 +38,7 @@ import (
 	"strings"
 	"testing"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
@@ -312,4 +313,37 @@ func keysOf(m map[string]*unstructured.Unstructured) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// The largest push the Deployment accepts (--max-push-bytes) fits the /tmp
+// volume: nothing a push or an import writes there can get the pod evicted.
+func TestMaxPushBytesFitsTmp(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(chart, "deployment.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := objects(t, string(b))["Deployment/tagger/tagger-apiserver"]
+	if d == nil {
+		t.Fatal("no Deployment in deployment.yaml")
+	}
+	containers, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "containers")
+	var maxPush string
+	for _, a := range containers[0].(map[string]any)["args"].([]any) {
+		if v, ok := strings.CutPrefix(fmt.Sprint(a), "--max-push-bytes="); ok {
+			maxPush = v
+		}
+	}
+	vols, _, _ := unstructured.NestedSlice(d.Object, "spec", "template", "spec", "volumes")
+	var tmp string
+	for _, v := range vols {
+		if m := v.(map[string]any); m["name"] == "tmp" {
+			tmp, _, _ = unstructured.NestedString(m, "emptyDir", "sizeLimit")
+		}
+	}
+	if maxPush == "" || tmp == "" {
+		t.Fatalf("--max-push-bytes %q, /tmp sizeLimit %q: both must be set", maxPush, tmp)
+	}
+	if resource.MustParse(maxPush).Cmp(resource.MustParse(tmp)) > 0 {
+		t.Errorf("--max-push-bytes=%s is larger than the /tmp volume (%s)", maxPush, tmp)
+	}
 }
