@@ -343,7 +343,8 @@ func TestMaxPushBytesFitsTmp(t *testing.T) {
 	if maxPush == "" || tmp == "" {
 		t.Fatalf("--max-push-bytes %q, /tmp sizeLimit %q: both must be set", maxPush, tmp)
 	}
-	if resource.MustParse(maxPush).Cmp(resource.MustParse(tmp)) > 0 {
+	limit, size := resource.MustParse(maxPush), resource.MustParse(tmp)
+	if limit.Cmp(size) > 0 {
 		t.Errorf("--max-push-bytes=%s is larger than the /tmp volume (%s)", maxPush, tmp)
 	}
 }
