@@ -110,8 +110,9 @@ func TestPermanentErrorsFromRegistries(t *testing.T) {
 		if !importer.Permanent(err) {
 			t.Errorf("%q is not permanent", err)
 		}
-		// A HEAD answer has no body: the status is all there is.
-		checkReason(t, err, "registry answered HTTP 403 (Forbidden)")
+		// A HEAD answer has no body: the GET that follows brings the
+		// registry's explanation.
+		checkReason(t, err, "denied: requested access to the resource is denied")
 	})
 	t.Run("name invalid", func(t *testing.T) {
 		reg := newRegistry(t, regOpts{wrap: answerManifests(http.StatusBadRequest, "application/json", registryError("NAME_INVALID", "invalid repository name"))})

@@ -77,12 +77,23 @@ type Options struct {
 	CertDir string
 	// UserAgent is sent to registries; empty means containers/image's.
 	UserAgent string
-	// BlobInfoCacheDir is where containers/image may keep its SQLite blob
-	// info cache, which lets later copies mount blobs across repositories.
-	// Empty means an in-memory cache per copy; builds without cgo always
-	// end up with that, as they cannot open SQLite.
-	BlobInfoCacheDir string
+	// BlobCacheRecords bounds each mirror's blob-info cache, which lets
+	// an import mount blobs the mirror holds in other repositories instead
+	// of uploading them (see blobcache.go): after this many records it
+	// starts over. 0 means DefaultBlobCacheRecords; negative disables
+	// cross-repository mounts.
+	BlobCacheRecords int
+	// NoAuthCache turns off the quick resolve: every resolve pings the
+	// registry and asks for a token again, as containers/image alone does.
+	// For comparisons; servers leave it false.
+	NoAuthCache bool
 }
+
+// blobInfoCacheDir keeps containers/image's per-copy cache in memory: it
+// falls back to memory when it cannot create the directory, and a path
+// under a regular file guarantees that without touching the host's
+// /var/lib/containers.
+const blobInfoCacheDir = "/dev/null/tagger-blob-info-cache"
 
 // Importer implements Interface with containers/image.
 //
@@ -94,6 +105,9 @@ type Options struct {
 // environment's HTTP_PROXY/HTTPS_PROXY/NO_PROXY are never used.
 type Importer struct {
 	opts Options
+
+	blobs *blobCaches // nil: no lasting blob-info cache
+	auth  *authCache  // nil: no quick resolve
 
 	mu     sync.Mutex
 	guard  *egress.Guard
@@ -108,13 +122,14 @@ func New(opts Options) *Importer {
 	if opts.ParallelCopies <= 0 {
 		opts.ParallelCopies = DefaultParallelCopies
 	}
-	if opts.BlobInfoCacheDir == "" {
-		// containers/image falls back to memory when it cannot create the
-		// directory; a path under a regular file guarantees that without
-		// touching the host's /var/lib/containers.
-		opts.BlobInfoCacheDir = "/dev/null/tagger-blob-info-cache"
+	i := &Importer{opts: opts}
+	if opts.BlobCacheRecords >= 0 {
+		i.blobs = &blobCaches{limit: opts.BlobCacheRecords}
 	}
-	return &Importer{opts: opts}
+	if !opts.NoAuthCache {
+		i.auth = newAuthCache()
+	}
+	return i
 }
 
 // Close stops the egress guard, which ends the connections of imports still
@@ -237,9 +252,23 @@ func (i *Importer) Import(ctx context.Context, req Request) (Result, error) {
 		dgst     digest.Digest
 		firstErr error
 	)
+	quick := i.newQuickClient(src, req.Insecure, registryHost(named))
+	defer quick.close()
 	for n, cred := range candidates {
 		sys := i.systemContext(req.Insecure, cred, src)
-		d, err := resolve(ctx, sys, named)
+		d, verdict := i.quickResolve(ctx, quick, req.Insecure, cred, named)
+		switch verdict {
+		case quickResolved:
+			srcSys, dgst = sys, d
+		case quickMismatch:
+			return fail(resolving, pinMismatch(named, d))
+		}
+		if srcSys != nil {
+			break
+		}
+		// A registry that answered the quick HEAD is not asked again: a
+		// GET brings its explanation.
+		d, err := resolve(ctx, sys, named, verdict == quickAnswered)
 		if err == nil {
 			srcSys, dgst = sys, d
 			break
@@ -386,7 +415,7 @@ func (i *Importer) systemContext(insecure bool, cred *Credential, s *session) *t
 		SystemRegistriesConfDirPath: noSuchPath,
 		RegistriesDirPath:           noSuchPath,
 		DockerPerHostCertDirPath:    noSuchPath,
-		BlobInfoCacheDir:            i.opts.BlobInfoCacheDir,
+		BlobInfoCacheDir:            blobInfoCacheDir,
 		DockerRegistryUserAgent:     i.opts.UserAgent,
 		// A non-nil DockerAuthConfig keeps containers/image from reading
 		// auth files and credential helpers.
@@ -415,7 +444,9 @@ func (i *Importer) systemContext(insecure bool, cred *Credential, s *session) *t
 }
 
 // resolve returns the digest of the manifest (or index) named refers to.
-func resolve(ctx context.Context, sys *types.SystemContext, named reference.Named) (digest.Digest, error) {
+// headDone says a manifest HEAD was answered already (not with a usable
+// digest): only the GET is left to do.
+func resolve(ctx context.Context, sys *types.SystemContext, named reference.Named, headDone bool) (digest.Digest, error) {
 	lookup := named
 	canonical, pinned := named.(reference.Canonical)
 	if pinned {
@@ -426,9 +457,14 @@ func resolve(ctx context.Context, sys *types.SystemContext, named reference.Name
 	if err != nil {
 		return "", err
 	}
-	d, err := docker.GetDigest(ctx, sys, ref)
+	var d digest.Digest
+	if headDone {
+		d, err = getDigest(ctx, sys, ref)
+	} else {
+		d, err = docker.GetDigest(ctx, sys, ref)
+	}
 	switch {
-	case err == nil:
+	case err == nil || headDone:
 	case errors.Is(err, digest.ErrDigestInvalidFormat) || errors.Is(err, digest.ErrDigestUnsupported):
 		// The HEAD worked but carried no usable Docker-Content-Digest.
 		d, err = getDigest(ctx, sys, ref)
@@ -442,9 +478,19 @@ func resolve(ctx context.Context, sys *types.SystemContext, named reference.Name
 		return "", err
 	}
 	if pinned && d != canonical.Digest() {
-		return "", NewPermanent(fmt.Errorf("registry answered digest %s for %s", d, lookup))
+		return "", pinMismatch(named, d)
 	}
 	return d, nil
+}
+
+// pinMismatch is the error for a registry that answered digest d for a
+// reference pinned to another.
+func pinMismatch(named reference.Named, d digest.Digest) error {
+	lookup := named
+	if canonical, ok := named.(reference.Canonical); ok {
+		lookup, _ = reference.WithDigest(reference.TrimNamed(named), canonical.Digest())
+	}
+	return NewPermanent(fmt.Errorf("registry answered digest %s for %s", d, lookup))
 }
 
 // getDigest fetches the manifest and digests it.
@@ -489,9 +535,16 @@ func (i *Importer) mirror(ctx context.Context, guard *egress.Guard, srcSys *type
 	if err != nil {
 		return "", op, NewPermanent(err)
 	}
-	dstRef, err := docker.NewReference(dstTagged)
+	var dstRef types.ImageReference
+	dstRef, err = docker.NewReference(dstTagged)
 	if err != nil {
 		return "", op, NewPermanent(err)
+	}
+	if i.blobs != nil {
+		// Blobs the mirror holds in other repositories are mounted, not
+		// uploaded: this copy read the manifest from the source with the
+		// importing namespace's credentials.
+		dstRef = cachedDestination{ImageReference: dstRef, cache: i.blobs.forMirror(reference.Domain(dst), m.Credential)}
 	}
 	// The mirror's own host:port is allowed even when the allow list does
 	// not name it (it is the configured mirror); the deny list and the
