@@ -23,9 +23,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
 )
@@ -156,4 +160,38 @@ spec:
 		t.Errorf("new token: %d %s", code, body)
 	}
 	t.Logf("registry hook URL %s (token redacted), answers in a cluster", prefix+"<token>")
+}
+
+// The Secrets policy lets the server's identity write the hook token
+// Secret as Tagger writes it (Opaque, labelled, any namespace), and nothing
+// else under that name.
+func TestServerIdentityWritesTheHookSecretOnly(t *testing.T) {
+	c := needCluster(t)
+	asServer := func(s *corev1.Secret) (string, error) {
+		cmd := c.command(t.Context(), "admin", "create", "-f", "-")
+		cmd.Args = append(cmd.Args[:len(cmd.Args)-1], "--kubeconfig="+filepath.Join(c.dir, "tagger-apiserver.kubeconfig"))
+		b, _ := json.Marshal(s)
+		cmd.Stdin = strings.NewReader(string(b))
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	ns := c.namespace(t, "hook-secret-policy")
+	secret := func(name string, typ corev1.SecretType, labels map[string]string) *corev1.Secret {
+		return &corev1.Secret{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels}, Type: typ,
+			Data: map[string][]byte{"token": []byte("x"), corev1.DockerConfigJsonKey: []byte(`{"auths":{}}`)}}
+	}
+	managed := map[string]string{"app.kubernetes.io/managed-by": "tagger"}
+	for name, s := range map[string]*corev1.Secret{
+		"without the label":     secret("tagger-registry-hook", corev1.SecretTypeOpaque, nil),
+		"another type":          secret("tagger-registry-hook", corev1.SecretTypeDockerConfigJson, managed),
+		"another Opaque Secret": secret("tagger-registry-hooks", corev1.SecretTypeOpaque, managed),
+	} {
+		if out, err := asServer(s); err == nil || !strings.Contains(out, "tagger-apiserver-secrets") {
+			t.Errorf("%s: %v %s, want the policy's refusal", name, err, out)
+		}
+	}
+	if out, err := asServer(secret("tagger-registry-hook", corev1.SecretTypeOpaque, managed)); err != nil {
+		t.Fatalf("the hook Secret as Tagger writes it: %v\n%s", err, out)
+	}
 }
