@@ -183,10 +183,11 @@ func TestWebhookAnswersOnlyKubeAPIServer(t *testing.T) {
 	c.mustKubectl(t, "admin", "", "get", "secret", "-n", ns, "tagger-mirror-pull")
 }
 
-// The server's identity writes no Secret but the pull Secret: the
-// ValidatingAdmissionPolicy of artifacts/secrets-policy.yaml refuses any
-// other name or type (ServiceAccount tokens above all), and any namespace
-// that did not opt in, although RBAC lets it create Secrets anywhere.
+// The server's identity writes no Secret but its own two (the pull Secret,
+// the registry hook token): the ValidatingAdmissionPolicy of
+// artifacts/secrets-policy.yaml refuses any other name or type
+// (ServiceAccount tokens above all), and pull Secrets in namespaces that did
+// not opt in, although RBAC lets it create Secrets anywhere.
 func TestServerIdentityWritesOnlyThePullSecret(t *testing.T) {
 	c := needCluster(t)
 	asServer := func(manifest string) (string, error) {
@@ -223,6 +224,7 @@ func TestServerIdentityWritesOnlyThePullSecret(t *testing.T) {
 		"an Opaque Secret":                 secret(optedIn, "tagger-mirror-pull", "Opaque", managed, nil),
 		"a ServiceAccount token":           secret(optedIn, "tagger-mirror-pull", string(corev1.SecretTypeServiceAccountToken), managed, saToken),
 		"a ServiceAccount token elsewhere": secret("kube-system", "token", string(corev1.SecretTypeServiceAccountToken), nil, saToken),
+		"a token named as the hook token":  secret(other, "tagger-registry-hook", string(corev1.SecretTypeServiceAccountToken), managed, saToken),
 		"without the label":                secret(optedIn, "tagger-mirror-pull", "kubernetes.io/dockerconfigjson", nil, nil),
 		"a namespace that did not opt in":  secret(other, "tagger-mirror-pull", "kubernetes.io/dockerconfigjson", managed, nil),
 	} {
