@@ -14,7 +14,6 @@ See the License for the specific language governing permissions and
 limitations under the License.
 */
 
-
 // Command image builds Tagger's server image without a container daemon:
 // a static tagger-apiserver (built by "make image") and the CA certificates
 // of this machine on an empty base, running as the nonroot user 65532, the
