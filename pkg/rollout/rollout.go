@@ -52,6 +52,7 @@ import (
 	"tagger.dev/tagger/pkg/generated/clientset/versioned"
 	taggerinformers "tagger.dev/tagger/pkg/generated/informers/externalversions"
 	taggerlisters "tagger.dev/tagger/pkg/generated/listers/tagger/v1beta1"
+	"tagger.dev/tagger/pkg/metrics"
 	"tagger.dev/tagger/pkg/webhook/podimages"
 )
 
@@ -396,8 +397,10 @@ func (c *Controller) patch(ctx context.Context, w Workload, image, current strin
 		_, err = c.kube.AppsV1().DaemonSets(w.Namespace).Patch(ctx, w.Name, types.MergePatchType, body, opts)
 	}
 	if err != nil {
+		metrics.RolloutPatches.WithLabelValues(w.Kind, metrics.ResultError).Inc()
 		return fmt.Errorf("%s %s/%s: %w", w.Kind, w.Namespace, w.Name, err)
 	}
+	metrics.RolloutPatches.WithLabelValues(w.Kind, metrics.ResultSuccess).Inc()
 	klog.InfoS("Rolled out for a new current generation", "kind", w.Kind, "object", klog.KRef(w.Namespace, w.Name), "image", image, "reference", current)
 	return nil
 }

@@ -74,4 +74,10 @@ func TestPushPullRollbackScenario(t *testing.T) {
 	mirror := startRegistry(t, nil)
 	s := startServer(t, serverOptions{mirror: mirror.Addr()})
 	scenario.Run(t, s.scenarioEnv(t, mirror.Addr()))
+	// What moved through the subresources shows in /metrics, by mirror host.
+	series := scrape(t, s)
+	host := `registry="` + mirror.Addr() + `"`
+	if pushed, pulled := sum(series, "tagger_pushed_bytes_total", host), sum(series, "tagger_pulled_bytes_total", host); pushed < 1 || pulled < 1 {
+		t.Errorf("tagger_pushed_bytes_total %v, tagger_pulled_bytes_total %v after pushes and pulls", pushed, pulled)
+	}
 }

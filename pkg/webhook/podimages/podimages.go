@@ -55,6 +55,7 @@ import (
 
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/importer"
+	"tagger.dev/tagger/pkg/metrics"
 	"tagger.dev/tagger/pkg/redact"
 )
 
@@ -131,6 +132,7 @@ const MaxReviewBytes = 2*(3<<20) + 256<<10
 // caller; others are refused before their body is read.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if code, err := h.Callers.Check(r); err != nil {
+		metrics.WebhookCalls.WithLabelValues("pods", "refused").Inc()
 		klog.V(2).InfoS("Refused a pod webhook call", "remote", r.RemoteAddr, "reason", err.Error())
 		http.Error(w, redact.Message(err.Error()), code)
 		return
@@ -163,6 +165,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	resp := h.Review(r.Context(), review.Request)
 	resp.UID = review.Request.UID
+	result := "allowed"
+	if !resp.Allowed {
+		result = "denied"
+	}
+	metrics.WebhookCalls.WithLabelValues("pods", result).Inc()
 	out := &admissionv1.AdmissionReview{TypeMeta: review.TypeMeta, Response: resp}
 	if out.APIVersion == "" {
 		out.APIVersion, out.Kind = admissionv1.SchemeGroupVersion.String(), "AdmissionReview"
@@ -351,6 +358,7 @@ func (r *resolver) container(path, container, image string) {
 	switch {
 	case apierrors.IsNotFound(err):
 		if explicit {
+			metrics.PodResolutions.WithLabelValues("refused").Inc()
 			r.denied = append(r.denied, fmt.Sprintf("container %q: image %q: Image %q not found in namespace %q", container, image, name, r.namespace))
 		}
 		return
@@ -362,11 +370,13 @@ func (r *resolver) container(path, container, image string) {
 	}
 	current := img.Status.CurrentReference
 	if current == "" {
+		metrics.PodResolutions.WithLabelValues("refused").Inc()
 		r.denied = append(r.denied, fmt.Sprintf("container %q: image %q: Image %q in namespace %q has no generation yet: import or push one first", container, image, name, r.namespace))
 		return
 	}
 	r.patch = append(r.patch, patchOp{Op: "replace", Path: path, Value: current})
 	r.resolved[container] = Resolved{From: image, Image: current}
+	metrics.PodResolutions.WithLabelValues("resolved").Inc()
 	if r.images == nil {
 		r.images = map[string]*tagger.Image{}
 	}

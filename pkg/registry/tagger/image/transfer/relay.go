@@ -36,6 +36,7 @@ import (
 
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/importer"
+	"tagger.dev/tagger/pkg/metrics"
 	"tagger.dev/tagger/pkg/redact"
 	"tagger.dev/tagger/pkg/registryproxy"
 )
@@ -90,7 +91,14 @@ func (t *transfer) push(w http.ResponseWriter, req *http.Request) {
 		}
 		body, size = http.MaxBytesReader(w, req.Body, remaining), req.ContentLength
 	}
-	resp, err := t.repo.Do(req.Context(), t.method, t.path, t.query(req), req.Header, body, size)
+	counted := &countingReader{r: body}
+	if body == nil {
+		counted = nil
+	}
+	resp, err := t.repo.Do(req.Context(), t.method, t.path, t.query(req), req.Header, counted.reader(), size)
+	if counted != nil && err == nil && resp.StatusCode/100 == 2 {
+		metrics.PushedBytes.WithLabelValues(metrics.Host(t.repo.Reference)).Add(float64(counted.n))
+	}
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
 			t.refuseUpload(req)
@@ -110,6 +118,26 @@ func (t *transfer) push(w http.ResponseWriter, req *http.Request) {
 		}
 	}
 	t.write(w, resp, nil)
+}
+
+// countingReader counts what a push relays, for tagger_pushed_bytes_total.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// reader is c as an io.Reader, nil when c is (no body).
+func (c *countingReader) reader() io.Reader {
+	if c == nil {
+		return nil
+	}
+	return c
 }
 
 // remaining returns how many more bytes the upload of this request may
@@ -273,7 +301,10 @@ func (t *transfer) write(w http.ResponseWriter, resp *http.Response, extra http.
 		return
 	}
 	w.WriteHeader(resp.StatusCode)
-	_, _ = io.Copy(w, resp.Body)
+	n, _ := io.Copy(w, resp.Body)
+	if t.image != nil && resp.StatusCode/100 == 2 {
+		metrics.PulledBytes.WithLabelValues(metrics.Host(t.repo.Reference)).Add(float64(n))
+	}
 }
 
 // fail reports a relay that did not get an answer from the mirror.
