@@ -92,11 +92,11 @@ func hookInstructions(target, url, token string) string {
 	switch target {
 	case "harbor":
 		return fmt.Sprintf(`Harbor: Project > Webhooks > New webhook
-  Notify Type:   http
-  Event Type:    Artifact pushed
-  Payload Format: Default (or CloudEvents)
-  Endpoint URL:  %s
-  Auth Header:   Bearer %s
+  Notify Type:     http
+  Event Type:      Artifact pushed
+  Payload Format:  Default (or CloudEvents)
+  Endpoint URL:    %s
+  Auth Header:     Bearer %s
 `, bare, token)
 	case "distribution":
 		return fmt.Sprintf(`# distribution (registry:2/3) config.yml
@@ -114,15 +114,15 @@ notifications:
 `, bare, token)
 	case "github":
 		return fmt.Sprintf(`GitHub: Settings > Webhooks > Add webhook (repository or organization)
-  Payload URL:   %s
-  Content type:  application/json
-  Secret:        %s
-  Events:        Registry packages
+  Payload URL:     %s
+  Content type:    application/json
+  Secret:          %s
+  Events:          Registry packages
 `, bare, token)
 	case "dockerhub":
-		return fmt.Sprintf("Docker Hub: repository > Webhooks > New webhook\n  Webhook URL:   %s\n", url)
+		return fmt.Sprintf("Docker Hub: repository > Webhooks > New webhook\n  Webhook URL:     %s\n", url)
 	case "quay":
-		return fmt.Sprintf("Quay: repository > Settings > Create Notification\n  When this event occurs: Push to Repository\n  Then issue a notification: Webhook POST\n  Webhook URL:   %s\n", url)
+		return fmt.Sprintf("Quay: repository > Settings > Create Notification\n  When this event occurs:      Push to Repository\n  Then issue a notification:  Webhook POST\n  Webhook URL:                 %s\n", url)
 	case "generic":
 		return fmt.Sprintf("curl -X POST -H 'Content-Type: application/json' -d '{\"repository\": \"registry.example.com/org/app\", \"tag\": \"v1\"}' %s\n", url)
 	}
