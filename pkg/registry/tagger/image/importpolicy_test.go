@@ -57,8 +57,8 @@ func TestMinImportInterval(t *testing.T) {
 }
 
 func TestStatusKeepsCheckAndSpecKeepsStatus(t *testing.T) {
-	checked := metav1.NewTime(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
-	cond := metav1.Condition{Type: tagger.ConditionChecked, Status: metav1.ConditionTrue, Reason: tagger.ReasonUnchanged, LastTransitionTime: checked}
+	checked := metav1.NewMicroTime(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
+	cond := metav1.Condition{Type: tagger.ConditionChecked, Status: metav1.ConditionTrue, Reason: tagger.ReasonUnchanged, LastTransitionTime: metav1.NewTime(checked.Time)}
 
 	// The spec endpoint cannot write the check.
 	old := newImage()
@@ -76,7 +76,7 @@ func TestStatusKeepsCheckAndSpecKeepsStatus(t *testing.T) {
 
 	// The status endpoint writes it, and keeps the policies.
 	upd = old.DeepCopy()
-	later := metav1.NewTime(checked.Add(time.Hour))
+	later := metav1.NewMicroTime(checked.Add(time.Hour))
 	upd.Status.LastCheckedAt = &later
 	upd.Spec.TagPolicy = &tagger.TagPolicy{Semver: "^1"}
 	NewStatusStrategy(scheme.Scheme).PrepareForUpdate(ctxNS(), upd, old)
