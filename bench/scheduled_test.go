@@ -293,6 +293,13 @@ func BenchmarkScheduledImages(b *testing.B) {
 	if gets := req1.gets - req0.gets; gets != 0 {
 		b.Errorf("%d manifest GETs: checks resolve with HEAD", gets)
 	}
+	// The documented bounds (README, "What 1,000 scheduled Images cost").
+	if peak := f.counter.peak.Load(); peak > 4 {
+		b.Errorf("%d registry requests at once, more than --import-checks-per-registry (4)", peak)
+	}
+	if perCheck := time.Duration(int64(cpu1-cpu0) / max(heads, 1)); perCheck > 25*time.Millisecond {
+		b.Errorf("%s of server CPU per check, documented ~4 ms", perCheck)
+	}
 	cpuShare := float64(cpu1-cpu0) / float64(wall)
 	b.ReportMetric(checksPerSec, "checks/s")
 	b.ReportMetric(float64(req1.total-req0.total)/wall.Seconds(), "registry-req/s")
