@@ -80,7 +80,9 @@ func TestCreate(t *testing.T) {
 
 func TestCreateRunsAdmission(t *testing.T) {
 	r := NewREST(&registryhooks.FileTokens{Dir: t.TempDir()}, func() string { return "https://x" })
-	refuse := func(context.Context, runtime.Object) error { return apierrors.NewForbidden(tagger.Resource("registryhooks"), "", nil) }
+	refuse := func(context.Context, runtime.Object) error {
+		return apierrors.NewForbidden(tagger.Resource("registryhooks"), "", nil)
+	}
 	ctx := genericapirequest.WithNamespace(context.Background(), "shop")
 	if _, err := r.Create(ctx, &tagger.RegistryHook{}, refuse, &metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("admission refusal: %v", err)
