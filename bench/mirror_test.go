@@ -35,6 +35,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/sirupsen/logrus"
+	"k8s.io/klog/v2"
 
 	"tagger.dev/tagger/pkg/importer"
 	"tagger.dev/tagger/pkg/localregistry"
@@ -64,7 +65,11 @@ var (
 
 func TestMain(m *testing.M) {
 	logrus.SetOutput(io.Discard)
+	// The server's own log lines would bury the results.
+	klog.LogToStderr(false)
+	klog.SetOutput(io.Discard)
 	code := m.Run()
+	printReport(os.Stdout)
 	if theFixture != nil {
 		_ = theFixture.src.Close()
 		_ = os.RemoveAll(theFixture.home)

@@ -31,6 +31,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"tagger.dev/tagger/pkg/cmd/server"
@@ -51,18 +52,25 @@ func (m *switchableMirror) Credentials(namespace, from string) ([]importer.Crede
 }
 
 func (m *switchableMirror) Mirror(ctx context.Context, namespace, name string) (*importer.Mirror, error) {
-	return sources.MirrorConfig{Address: m.addr.Load().(string), Insecure: true}.Mirror(namespace, name), nil
+	addr, _ := m.addr.Load().(string)
+	if addr == "" {
+		return nil, fmt.Errorf("no mirror yet")
+	}
+	return sources.MirrorConfig{Address: addr, Insecure: true}.Mirror(namespace, name), nil
 }
 
 // transferFixture is a Tagger server in local mode plus an OCI archive of
 // the same 5 x 20 MiB image BenchmarkMirror copies.
 type transferFixture struct {
-	target  imagecopy.Target
-	mirror  *switchableMirror
-	archive string
-	digest  v1.Hash
-	bytes   int64
-	home    string
+	target     imagecopy.Target
+	mirror     *switchableMirror
+	archive    string
+	digest     v1.Hash
+	bytes      int64
+	home       string
+	kubeconfig string
+	rest       *rest.Config
+	client     taggerclient.Interface
 }
 
 var (
@@ -138,6 +146,8 @@ func newTransferFixture() (*transferFixture, error) {
 		return nil, err
 	}
 	f.target = imagecopy.Target{Config: rc, Namespace: "default"}
+	f.kubeconfig, f.rest = filepath.Join(o.LocalDir, "kubeconfig"), rc
+	rc.QPS, rc.Burst = -1, -1 // the benchmarks make their own load
 	client, err := taggerclient.NewForConfig(rc)
 	if err != nil {
 		return nil, err
@@ -150,6 +160,7 @@ func newTransferFixture() (*transferFixture, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server not ready: %w", err)
 	}
+	f.client = client
 	return f, nil
 }
 
@@ -167,10 +178,12 @@ func BenchmarkPush(b *testing.B) {
 			t := f.target
 			t.Name = fmt.Sprintf("push-%d", i)
 			b.StartTimer()
+			start := time.Now()
 			res, err := imagecopy.Push(context.Background(), imagecopy.PushOptions{Target: t, Source: "oci-archive:" + f.archive})
 			if err != nil {
 				b.Fatal(err)
 			}
+			record("transfer/push-tagger", time.Since(start))
 			b.StopTimer()
 			if res.Digest.String() != f.digest.String() {
 				b.Fatalf("pushed %s, want %s", res.Digest, f.digest)
@@ -186,9 +199,11 @@ func BenchmarkPush(b *testing.B) {
 			b.StopTimer()
 			dst := newDestination(b)
 			b.StartTimer()
+			start := time.Now()
 			if err := skopeo(context.Background(), "oci-archive:"+f.archive, "docker://"+dst.Addr()+"/default/app:latest"); err != nil {
 				b.Fatal(err)
 			}
+			record("transfer/push-skopeo", time.Since(start))
 			b.StopTimer()
 			if i == 0 {
 				checkDigest(b, dst.Addr()+"/default/app:latest", f.digest)
@@ -216,9 +231,11 @@ func BenchmarkPull(b *testing.B) {
 		b.SetBytes(f.bytes)
 		for i := 0; i < b.N; i++ {
 			path := filepath.Join(out, fmt.Sprintf("tagger-%d.tar", i))
+			start := time.Now()
 			if err := imagecopy.Pull(context.Background(), imagecopy.PullOptions{Target: t, Digest: digest.Digest(f.digest.String()), Dest: "oci-archive:" + path}); err != nil {
 				b.Fatal(err)
 			}
+			record("transfer/pull-tagger", time.Since(start))
 			b.StopTimer()
 			_ = os.Remove(path)
 			b.StartTimer()
@@ -229,9 +246,11 @@ func BenchmarkPull(b *testing.B) {
 		b.SetBytes(f.bytes)
 		for i := 0; i < b.N; i++ {
 			path := filepath.Join(out, fmt.Sprintf("skopeo-%d.tar", i))
+			start := time.Now()
 			if err := skopeo(context.Background(), "docker://"+dst.Addr()+"/default/pull@"+f.digest.String(), "oci-archive:"+path); err != nil {
 				b.Fatal(err)
 			}
+			record("transfer/pull-skopeo", time.Since(start))
 			b.StopTimer()
 			_ = os.Remove(path)
 			b.StartTimer()
@@ -242,7 +261,10 @@ func BenchmarkPull(b *testing.B) {
 func skopeoCopier(b *testing.B, home string) func(ctx context.Context, from, to string) error {
 	path := lookTool("skopeo")
 	if path == "" {
-		b.Skip("skopeo not found")
+		for _, n := range []string{"transfer/push-skopeo", "transfer/pull-skopeo"} {
+			skipped(n, "skopeo not installed: apt-get install -y skopeo")
+		}
+		b.Skip("skopeo not found: apt-get install -y skopeo")
 	}
 	return func(ctx context.Context, from, to string) error {
 		return runTool(ctx, path, home, "copy", "--all", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
