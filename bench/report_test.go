@@ -228,4 +228,3 @@ func pass(v, target float64, atMost bool) string {
 	}
 	return "NOT MET"
 }
-

@@ -314,4 +314,3 @@ func TestResolveCachesPingAndTokens(t *testing.T) {
 		t.Errorf("NoAuthCache: %d pings, %v tokens; want a ping and a token per import", pings, tokens)
 	}
 }
-
