@@ -548,3 +548,43 @@ func TestHangingRegistryAttemptTimesOut(t *testing.T) {
 		t.Fatalf("status %+v", got.Status)
 	}
 }
+
+// fakeTags lists a fixed set of tags.
+type fakeTags []string
+
+func (f fakeTags) ListTags(context.Context, importer.Request) ([]string, error) { return f, nil }
+
+// TestRunTagPolicy: a tag policy picks the tag the importer resolves, and
+// a policy nothing matches fails at once with the reason.
+func TestRunTagPolicy(t *testing.T) {
+	tests := []struct {
+		name     string
+		tags     fakeTags
+		wantFrom string // "" means the import fails
+	}{
+		{name: "newest in range", tags: fakeTags{"1.2.0", "1.3.1", "2.0.0", "latest"}, wantFrom: "registry.example.com/org/app:1.3.1"},
+		{name: "no match", tags: fakeTags{"2.0.0", "latest"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var asked string
+			e := newEnv(t, "me", func(_ int, r importer.Request) (importer.Result, error) {
+				asked = r.From
+				return okResult(r)
+			}, func(c *Config) { c.Tags = tc.tags })
+			rec := e.reserve("imp", "me")
+			rec.Spec.TagPolicy = &tagger.TagPolicy{Semver: ">=1.2.0 <2"}
+			rec = e.records.put(rec)
+			got := e.runToEnd(t, rec)
+			if tc.wantFrom == "" {
+				if Failure(got.Status.Conditions) == "" || e.importer.count() != 0 || len(got.Status.ImportAttempts) != 1 {
+					t.Fatalf("status %+v, importer called %d times", got.Status, e.importer.count())
+				}
+				return
+			}
+			if asked != tc.wantFrom || got.Status.HashReference == nil || got.Status.HashReference.From != tc.wantFrom {
+				t.Fatalf("importer asked for %q, generation %+v; want %s", asked, got.Status.HashReference, tc.wantFrom)
+			}
+		})
+	}
+}
