@@ -6,7 +6,7 @@ export CGO_ENABLED := 0
 GO          ?= go
 BIN         := bin
 TEST_FLAGS  ?= -count=1 -timeout 30m
-BENCH_FLAGS ?= -benchtime 5x -benchmem
+BENCH_FLAGS ?= -benchtime 5x -benchmem -timeout 60m
 # Extra flags for "make run", e.g. ARGS="--auth-file $$HOME/.docker/config.json -v=2".
 ARGS        ?=
 # No DWARF: links a second faster and the binary 30% smaller; panics still
