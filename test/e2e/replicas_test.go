@@ -36,14 +36,28 @@ import (
 
 // replica starts one more tagger-apiserver on the cluster's etcd, as the
 // cluster runs its own but for its port and the given flags, and returns a
-// client that talks to it directly (not through the aggregator).
+// client that talks to it directly (not through the aggregator). A flag
+// given as --name=value replaces the cluster's --name=... (so
+// --etcd-servers=URL points the replica at another etcd).
 func (c *cluster) replica(t *testing.T, name string, flags ...string) (*proc, taggerclient.Interface) {
 	t.Helper()
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append(append([]string{fmt.Sprintf("--secure-port=%d", port)}, c.taggerArgs...), flags...)
+	given := map[string]bool{}
+	for _, f := range flags {
+		if n, _, ok := strings.Cut(f, "="); ok {
+			given[n] = true
+		}
+	}
+	args := []string{fmt.Sprintf("--secure-port=%d", port)}
+	for _, a := range c.taggerArgs {
+		if n, _, ok := strings.Cut(a, "="); !ok || !given[n] {
+			args = append(args, a)
+		}
+	}
+	args = append(args, flags...)
 	p, err := c.start(name, c.taggerBin, args...)
 	if err != nil {
 		t.Fatal(err)
