@@ -236,7 +236,8 @@ func (c completedConfig) New() (*TaggerServer, error) {
 		}
 		factory.Start(hookCtx.Done())
 		go func() {
-			if err := controller.Run(hookCtx, 2); err != nil {
+			// A server stopping before the caches synced is no error.
+			if err := controller.Run(hookCtx, 2); err != nil && hookCtx.Err() == nil {
 				klog.ErrorS(err, "Import controller stopped")
 			}
 		}()

@@ -18,6 +18,7 @@ package validation
 
 import (
 	"fmt"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"regexp"
 	"strconv"
 	"strings"
@@ -277,8 +278,35 @@ func ValidateImageImport(ii *tagger.ImageImport) field.ErrorList {
 // an import that ran cannot be changed to have imported something else.
 func ValidateImageImportUpdate(ii, old *tagger.ImageImport) field.ErrorList {
 	allErrs := apivalidation.ValidateObjectMetaUpdate(&ii.ObjectMeta, &old.ObjectMeta, field.NewPath("metadata"))
-	allErrs = append(allErrs, apivalidation.ValidateImmutableField(ii.Spec, old.Spec, field.NewPath("spec"))...)
+	spec := field.NewPath("spec")
+	for _, f := range []struct {
+		name     string
+		now, was any
+	}{
+		{"targetImage", ii.Spec.TargetImage, old.Spec.TargetImage},
+		{"from", ii.Spec.From, old.Spec.From},
+		{"mirror", boolText(ii.Spec.Mirror), boolText(old.Spec.Mirror)},
+		{"insecure", boolText(ii.Spec.Insecure), boolText(old.Spec.Insecure)},
+		{"tagPolicy", ii.Spec.TagPolicy, old.Spec.TagPolicy},
+	} {
+		// Field by field, with values as the user wrote them, not the Go
+		// struct of the whole spec.
+		if !equality.Semantic.DeepEqual(f.now, f.was) {
+			allErrs = append(allErrs, field.Invalid(spec.Child(f.name), f.now, "field is immutable: an ImageImport records one import; create another"))
+		}
+	}
+	if len(allErrs) == 0 && !equality.Semantic.DeepEqual(ii.Spec, old.Spec) {
+		allErrs = append(allErrs, field.Invalid(spec, "", "field is immutable: an ImageImport records one import; create another"))
+	}
 	return allErrs
+}
+
+// boolText shows an optional bool as a user wrote it.
+func boolText(b *bool) string {
+	if b == nil {
+		return "unset"
+	}
+	return fmt.Sprint(*b)
 }
 
 // ValidateImageImportStatusUpdate validates an update of an ImageImport's status.

@@ -426,15 +426,15 @@ func TestValidateImageImportUpdate(t *testing.T) {
 	}, {
 		name: "targetImage changes",
 		ii:   importWith(func(ii *tagger.ImageImport) { ii.Spec.TargetImage = "other" }),
-		want: field.ErrorList{field.Invalid(field.NewPath("spec"), "", "")},
+		want: field.ErrorList{field.Invalid(field.NewPath("spec", "targetImage"), "", "")},
 	}, {
 		name: "from set",
 		ii:   importWith(func(ii *tagger.ImageImport) { ii.Spec.From = "nginx" }),
-		want: field.ErrorList{field.Invalid(field.NewPath("spec"), "", "")},
+		want: field.ErrorList{field.Invalid(field.NewPath("spec", "from"), "", "")},
 	}, {
 		name: "mirror set",
 		ii:   importWith(func(ii *tagger.ImageImport) { ii.Spec.Mirror = ptr.To(false) }),
-		want: field.ErrorList{field.Invalid(field.NewPath("spec"), "", "")},
+		want: field.ErrorList{field.Invalid(field.NewPath("spec", "mirror"), "", "")},
 	}, {
 		name: "name changes",
 		ii:   importWith(func(ii *tagger.ImageImport) { ii.Name = "app-2" }),
@@ -492,5 +492,17 @@ func TestValidateImageImportStatusUpdate(t *testing.T) {
 			got := ValidateImageImportStatusUpdate(tc.ii, validImport())
 			field.ErrorMatcher{}.ByType().ByField().Test(t, tc.want, got)
 		})
+	}
+}
+
+// TestImmutableSpecSaysWhichField: the error names the field and its value,
+// not the Go struct of the whole spec.
+func TestImmutableSpecSaysWhichField(t *testing.T) {
+	errs := ValidateImageImportUpdate(importWith(func(ii *tagger.ImageImport) { ii.Spec.From = "nginx" }), validImport())
+	if len(errs) != 1 {
+		t.Fatalf("errors %v", errs)
+	}
+	if msg := errs.ToAggregate().Error(); !strings.Contains(msg, `spec.from: Invalid value: "nginx"`) || strings.Contains(msg, "TargetImage") {
+		t.Fatalf("message %q", msg)
 	}
 }
