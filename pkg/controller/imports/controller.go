@@ -68,7 +68,7 @@ func (c *Controller) Run(ctx context.Context, workers int) error {
 	if c.lister == nil {
 		return fmt.Errorf("the import controller watches nothing: call Watch first")
 	}
-	if !cache.WaitForNamedCacheSync("imageimports", ctx.Done(), c.synced) {
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced) { // quiet when stopped early
 		return ctx.Err()
 	}
 	for range max(workers, 1) {
