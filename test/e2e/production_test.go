@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	taggerhelm "tagger.dev/tagger/test/helm"
 	"testing"
 	"time"
 
@@ -134,27 +135,6 @@ func TestCleanupAndMetrics(t *testing.T) {
 	}
 }
 
-// helmBinary finds helm (CI installs it, see .ci/run): on PATH or in
-// $(go env GOPATH)/bin; without it the test fails under CI=true, else skips.
-func helmBinary(t *testing.T) string {
-	t.Helper()
-	if p, err := exec.LookPath("helm"); err == nil {
-		return p
-	}
-	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-		p := filepath.Join(strings.TrimSpace(string(out)), "bin", "helm")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	msg := "helm is not installed: go install helm.sh/helm/v3/cmd/helm@v3.22.0"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
-
 // helmPostRenderer adapts the chart's output to loopback as the kustomize
 // overlay does (loopbackOverlay), and keeps the ServiceAccount at uninstall:
 // the tagger-apiserver process of this suite authenticates with its token.
@@ -188,7 +168,7 @@ const helmKeepServiceAccount = `
 // restored at the end for the other tests.
 func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	c := needCluster(t)
-	helm := helmBinary(t)
+	helm := taggerhelm.Helm(t)
 	port, err := strconv.Atoi(c.tagger[strings.LastIndexByte(c.tagger, ':')+1:])
 	if err != nil {
 		t.Fatal(err)

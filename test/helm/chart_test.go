@@ -14,10 +14,6 @@ See the License for the specific language governing permissions and
 limitations under the License.
 */
 
-// Package helm checks the Helm chart in artifacts/ with the real helm: it
-// lints, and renders the same objects as the kustomize base ("kubectl
-// kustomize", certificates from hack/gen-certs.sh). The real-cluster suite
-// (test/e2e) installs, upgrades and uninstalls it.
 package helm
 
 import (
@@ -44,27 +40,6 @@ import (
 )
 
 const chart = "../../artifacts"
-
-// Helm finds the helm binary: on PATH or in $(go env GOPATH)/bin. Without
-// it the tests are skipped, or fail when CI=true (CI installs it).
-func Helm(t testing.TB) string {
-	t.Helper()
-	if p, err := exec.LookPath("helm"); err == nil {
-		return p
-	}
-	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-		p := filepath.Join(strings.TrimSpace(string(out)), "bin", "helm")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	msg := "helm is not installed: go install helm.sh/helm/v3/cmd/helm@v3.22.0"
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
 
 func run(t *testing.T, name string, args ...string) string {
 	t.Helper()
