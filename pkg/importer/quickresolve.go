@@ -343,6 +343,9 @@ func (i *Importer) quickResolve(ctx context.Context, q *quickClient, insecure bo
 	}
 	resp, err := q.client.Do(req)
 	if err != nil {
+		// The registry may have moved (http to https, another port):
+		// ask it again next time.
+		i.auth.forget(pk, nil)
 		return "", quickUndecided
 	}
 	_ = resp.Body.Close()
