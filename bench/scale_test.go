@@ -190,6 +190,14 @@ func BenchmarkScaleList(b *testing.B) {
 			_, err := get(client, f.rest.Host, path+"?limit=500", "application/json")
 			return err
 		})
+		measure(b, "scale/page-500-uncompressed", func() error {
+			_, err := get(identity, f.rest.Host, path+"?limit=500", "application/json")
+			return err
+		})
+		measure(b, "scale/list-table-uncompressed", func() error {
+			_, err := get(identity, f.rest.Host, path, tableAccept)
+			return err
+		})
 	}
 	b.StopTimer()
 	if lookTool("kubectl") == "" {
