@@ -357,4 +357,10 @@ func TestRegistryHooksTriggerOnlyMatchingImages(t *testing.T) {
 			t.Errorf("the hook token on the API: %d, want 401 or 403", resp.StatusCode)
 		}
 	})
+	// Every call shows in /metrics, by result class only.
+	series := scrape(t, s)
+	if accepted, notFound := sum(series, "tagger_webhook_calls_total", `webhook="registry"`, `result="accepted"`),
+		sum(series, "tagger_webhook_calls_total", `webhook="registry"`, `result="not_found"`); accepted < 1 || notFound < 1 {
+		t.Errorf("tagger_webhook_calls_total: accepted %v, not_found %v", accepted, notFound)
+	}
 }

@@ -212,6 +212,11 @@ func TestScheduledImportPicksUpRepushedTag(t *testing.T) {
 	if err != nil {
 		t.Errorf("Checked condition after the import: %+v", checked(s.image(t, ns, "app")))
 	}
+	series := scrape(t, s)
+	if unchanged, started := sum(series, "tagger_scheduled_checks_total", `result="unchanged"`),
+		sum(series, "tagger_scheduled_checks_total", `result="import_started"`); unchanged < 1 || started < 1 {
+		t.Errorf("tagger_scheduled_checks_total: unchanged %v, import_started %v", unchanged, started)
+	}
 }
 
 // TestScheduledChecksOnePerIntervalAcrossReplicasAndRestarts: two servers

@@ -59,6 +59,7 @@ import (
 	taggerinformers "tagger.dev/tagger/pkg/generated/informers/externalversions/tagger/v1beta1"
 	taggerlisters "tagger.dev/tagger/pkg/generated/listers/tagger/v1beta1"
 	"tagger.dev/tagger/pkg/importer"
+	"tagger.dev/tagger/pkg/metrics"
 	"tagger.dev/tagger/pkg/redact"
 	"tagger.dev/tagger/pkg/tagpolicy"
 )
@@ -481,6 +482,11 @@ func (c *Controller) check(ctx context.Context, img *taggerv1beta1.Image, trig t
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CheckTimeout)
 	defer cancel()
 	cond := c.resolveAndCompare(ctx, logger, claimed, trig)
+	result := map[string]string{tagger.ReasonUnchanged: "unchanged", tagger.ReasonImportStarted: "import_started"}[cond.Reason]
+	if result == "" {
+		result = metrics.ResultError
+	}
+	metrics.ScheduledChecks.WithLabelValues(metrics.Host(claimed.Spec.From), result).Inc()
 	cond.ObservedGeneration = claimed.Generation
 	cond.LastTransitionTime = now
 	c.setCondition(ctx, logger, claimed, cond, "")

@@ -63,6 +63,8 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
+
+	"tagger.dev/tagger/pkg/metrics"
 )
 
 // PathPrefix is where the hooks are served.
@@ -150,6 +152,40 @@ func notFound(w http.ResponseWriter) { http.NotFound(w, nil) }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+	h.serve(rec, r)
+	metrics.WebhookCalls.WithLabelValues("registry", callResult(rec.code)).Inc()
+}
+
+// statusRecorder keeps the status a hook answered, for the metrics.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// callResult names an answer's class without saying more than the answer
+// did (a 404 is "not_found" whether the namespace exists or not).
+func callResult(code int) string {
+	switch {
+	case code < 300:
+		return "accepted"
+	case code == http.StatusNotFound:
+		return "not_found"
+	case code == http.StatusTooManyRequests:
+		return "rate_limited"
+	case code < 500:
+		return "refused"
+	default:
+		return metrics.ResultError
+	}
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	h.init()
 	defer func() {
 		if p := recover(); p != nil {
