@@ -75,7 +75,7 @@ type Options struct {
 	// /etc/containers/certs.d: "<CertDir>/<host[:port]>/*.crt". Empty means
 	// only the system roots are trusted.
 	CertDir string
-	// UserAgent is sent to registries; empty means containers/image's.
+	// UserAgent is sent to registries; empty means DefaultUserAgent.
 	UserAgent string
 	// BlobCacheRecords bounds each mirror's blob-info cache, which lets
 	// an import mount blobs the mirror holds in other repositories instead
@@ -94,6 +94,11 @@ type Options struct {
 // under a regular file guarantees that without touching the host's
 // /var/lib/containers.
 const blobInfoCacheDir = "/dev/null/tagger-blob-info-cache"
+
+// DefaultUserAgent names Tagger to registries on every request, the
+// containers/image copy's and the quick resolve's alike, so a registry's
+// logs (and rate limits) can tell Tagger apart.
+const DefaultUserAgent = "tagger-apiserver (go.podman.io/image/v5)"
 
 // Importer implements Interface with containers/image.
 //
@@ -119,6 +124,9 @@ var _ Interface = &Importer{}
 // New returns an Importer. Its egress guard starts with the first import;
 // Close stops it.
 func New(opts Options) *Importer {
+	if opts.UserAgent == "" {
+		opts.UserAgent = DefaultUserAgent
+	}
 	if opts.ParallelCopies <= 0 {
 		opts.ParallelCopies = DefaultParallelCopies
 	}
