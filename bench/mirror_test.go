@@ -63,6 +63,10 @@ var (
 	fixtureErr  error
 )
 
+// atExit holds what fixtures shared by several benchmark runs leave to stop
+// once every benchmark ended, newest first.
+var atExit []func()
+
 func TestMain(m *testing.M) {
 	logrus.SetOutput(io.Discard)
 	// The server's own log lines would bury the results.
@@ -73,6 +77,9 @@ func TestMain(m *testing.M) {
 	if theFixture != nil {
 		_ = theFixture.src.Close()
 		_ = os.RemoveAll(theFixture.home)
+	}
+	for i := len(atExit) - 1; i >= 0; i-- {
+		atExit[i]()
 	}
 	os.Exit(code)
 }

@@ -132,14 +132,21 @@ var (
 	scheduledErr  error
 )
 
+// newScheduledFixture starts the registry and server the benchmark shares
+// across its runs (b.N = 1, then the -benchtime count): they are stopped
+// when the package's benchmarks end (atExit), not with the first run.
 func newScheduledFixture(b *testing.B) (*scheduledFixture, error) {
-	home := b.TempDir()
+	home, err := os.MkdirTemp("", "tagger-bench-scheduled")
+	if err != nil {
+		return nil, err
+	}
+	atExit = append(atExit, func() { _ = os.RemoveAll(home) })
 	f := &scheduledFixture{counter: &requestCounter{}}
 	reg, err := localregistry.New(context.Background(), localregistry.Options{Handler: f.counter.wrap})
 	if err != nil {
 		return nil, err
 	}
-	b.Cleanup(func() { _ = reg.Close() })
+	atExit = append(atExit, func() { _ = reg.Close() })
 	img, err := random.Image(256, 1)
 	if err != nil {
 		return nil, err
@@ -177,7 +184,7 @@ func newScheduledFixture(b *testing.B) (*scheduledFixture, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	b.Cleanup(func() {
+	atExit = append(atExit, func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		_ = cmd.Wait()
 	})
