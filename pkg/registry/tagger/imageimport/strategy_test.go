@@ -198,7 +198,7 @@ func TestImportValidate(t *testing.T) {
 	}, {
 		name: "update changes spec",
 		got:  s.ValidateUpdate(strategyTestCtx(), retargeted, strategyTestImport()),
-		want: field.ErrorList{field.Invalid(field.NewPath("spec"), "", "")},
+		want: field.ErrorList{field.Invalid(field.NewPath("spec", "targetImage"), "", "")},
 	}, {
 		name: "status update valid",
 		got:  ss.ValidateUpdate(strategyTestCtx(), strategyTestImport(), strategyTestImport()),
