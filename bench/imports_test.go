@@ -29,6 +29,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -93,11 +94,50 @@ spec:
 // kubectlImport creates an ImageImport with kubectl and checks it was
 // imported; it returns the generation's image reference.
 func kubectlImport(f *transferFixture, target, from string, mirror bool) (string, error) {
+	ref, _, err := kubectlImportNamed(f, target, from, mirror)
+	return ref, err
+}
+
+// kubectlImportNamed is kubectlImport that also returns the ImageImport's
+// name.
+func kubectlImportNamed(f *transferFixture, target, from string, mirror bool) (ref, name string, err error) {
 	out, err := kubectl(f, importYAML(target, from, mirror), "create", "-f", "-", "-o", "json")
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	return importedRef([]byte(out))
+	var meta struct {
+		Metadata struct{ Name string } `json:"metadata"`
+	}
+	_ = json.Unmarshal([]byte(out), &meta)
+	ref, err = importedRef([]byte(out))
+	return ref, meta.Metadata.Name, err
+}
+
+// kubectlFloor measures, right after an import through kubectl, what
+// kubectl costs without the import: a kubectl get of that same ImageImport
+// printed as JSON (the same process start, kubeconfig, discovery cache, TLS
+// handshake, one request and its printing), and kubectl version --client
+// (the process alone, no request). create − get is then the import's share.
+func kubectlFloor(b *testing.B, f *transferFixture, prefix, name string) {
+	b.Helper()
+	measure(b, prefix+"/kubectl-get", func() error {
+		_, err := kubectl(f, "", "get", "imageimports.tagger.dev", name, "-n", "default", "-o", "json")
+		return err
+	})
+	measure(b, prefix+"/kubectl-version", func() error {
+		_, err := kubectl(f, "", "version", "--client", "-o", "json")
+		return err
+	})
+}
+
+// cpuTime is the CPU time (user and system) of this process, or of its
+// waited-for children.
+func cpuTime(who int) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(who, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func importedRef(b []byte) (string, error) {
@@ -181,7 +221,9 @@ func BenchmarkImportMount(b *testing.B) {
 	var f *transferFixture
 	counter := &uploadCounter{}
 	if lookTool("kubectl") == "" {
-		skipped("mount/tagger-kubectl", "kubectl not on PATH")
+		for _, n := range []string{"mount/tagger-kubectl", "mount/kubectl-get", "mount/kubectl-version"} {
+			skipped(n, "kubectl not on PATH")
+		}
 	} else {
 		f = getTransfer(b)
 	}
@@ -214,13 +256,16 @@ func BenchmarkImportMount(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if f != nil {
+			var name string
 			measure(b, "mount/tagger-kubectl", func() error {
-				ref, err := kubectlImport(f, fmt.Sprintf("mount-%d-%d-%d", runID, b.N, i), from, true)
+				ref, n, err := kubectlImportNamed(f, fmt.Sprintf("mount-%d-%d-%d", runID, b.N, i), from, true)
 				if err == nil && !strings.HasPrefix(ref, kdst.Addr()+"/") {
 					err = fmt.Errorf("generation %s is not in the mirror", ref)
 				}
+				name = n
 				return err
 			})
+			kubectlFloor(b, f, "mount", name)
 		}
 		if f != nil {
 			measure(b, "mount/tagger-client", func() error {
@@ -307,7 +352,10 @@ func BenchmarkImportCold(b *testing.B) {
 	from := src.from()
 	var f *transferFixture
 	if lookTool("kubectl") == "" {
-		skipped("cold/tagger-kubectl", "kubectl not on PATH")
+		for _, n := range []string{"cold/tagger-kubectl", "cold/kubectl-get", "cold/kubectl-version"} {
+			skipped(n, "kubectl not on PATH")
+		}
+		skipped("cold/tagger-client", "kubectl not on PATH: the server fixture is only started with it")
 	} else {
 		f = getTransfer(b)
 	}
@@ -321,15 +369,33 @@ func BenchmarkImportCold(b *testing.B) {
 		if f != nil {
 			dst := newDestination(b)
 			f.mirror.addr.Store(dst.Addr())
+			var name string
 			measure(b, "cold/tagger-kubectl", func() error {
-				_, err := kubectlImport(f, fmt.Sprintf("cold-%d-%d-%d", runID, b.N, i), from, true)
+				var err error
+				_, name, err = kubectlImportNamed(f, fmt.Sprintf("cold-%d-%d-%d", runID, b.N, i), from, true)
+				return err
+			})
+			_ = dst.Close()
+			kubectlFloor(b, f, "cold", name)
+			dst = newDestination(b)
+			f.mirror.addr.Store(dst.Addr())
+			measure(b, "cold/tagger-client", func() error {
+				_, err := clientImport(context.Background(), f, fmt.Sprintf("cold-client-%d-%d-%d", runID, b.N, i), from, true)
 				return err
 			})
 			_ = dst.Close()
 		}
+		// CPU: this process runs the registries (and the server, idle
+		// meanwhile); during crane's copy they are all it does, so the
+		// difference is the library's own share.
+		self := cpuTime(syscall.RUSAGE_SELF)
 		coldOnce(b, "cold/tagger-library", lib, from)
+		record("cold/cpu-library-and-registries", cpuTime(syscall.RUSAGE_SELF)-self)
 		if crane != nil {
+			self, children := cpuTime(syscall.RUSAGE_SELF), cpuTime(syscall.RUSAGE_CHILDREN)
 			coldOnce(b, "cold/crane", crane, from)
+			record("cold/cpu-registries-during-crane", cpuTime(syscall.RUSAGE_SELF)-self)
+			record("cold/cpu-crane-process", cpuTime(syscall.RUSAGE_CHILDREN)-children)
 		}
 		if skopeo != nil {
 			coldOnce(b, "cold/skopeo", skopeo, from)
