@@ -20,6 +20,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"time"
 
@@ -34,6 +35,8 @@ import (
 
 	"tagger.dev/tagger/pkg/apis/tagger"
 	"tagger.dev/tagger/pkg/apis/tagger/v1beta1"
+	"tagger.dev/tagger/pkg/apiserver/compression"
+	"tagger.dev/tagger/pkg/apiserver/imagejson"
 	"tagger.dev/tagger/pkg/apiserver/scheme"
 	"tagger.dev/tagger/pkg/controller/imports"
 	"tagger.dev/tagger/pkg/generated/clientset/versioned"
@@ -136,6 +139,12 @@ func (cfg *Config) Complete() CompletedConfig {
 // New builds the server and installs the tagger.dev group.
 func (c completedConfig) New() (*TaggerServer, error) {
 	hooks := c.serveHooks()
+	// Inside the generic filters (it needs their RequestInfo), around the
+	// API: lists of Images compress in half the time (README, Performance).
+	build := c.GenericConfig.BuildHandlerChainFunc
+	c.GenericConfig.BuildHandlerChainFunc = func(apiHandler http.Handler, cfg *genericapiserver.Config) http.Handler {
+		return build(compression.WithGzip(apiHandler), cfg)
+	}
 	gs, err := c.GenericConfig.New("tagger-apiserver", genericapiserver.NewEmptyDelegate())
 	if err != nil {
 		return nil, err
@@ -198,6 +207,9 @@ func (c completedConfig) New() (*TaggerServer, error) {
 	}
 
 	info := genericapiserver.NewDefaultAPIGroupInfo(tagger.GroupName, scheme.Scheme, scheme.ParameterCodec, scheme.Codecs)
+	// Lists of Images are mostly history; encoding/json is the slowest
+	// part of serving them (README, Performance).
+	info.NegotiatedSerializer = imagejson.NegotiatedSerializer(info.NegotiatedSerializer)
 	info.VersionedResourcesStorageMap[v1beta1.SchemeGroupVersion.Version] = map[string]rest.Storage{
 		"images":              images,
 		"images/status":       imageStatus,
