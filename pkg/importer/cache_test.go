@@ -27,6 +27,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"tagger.dev/tagger/pkg/importer"
@@ -312,5 +313,46 @@ func TestResolveCachesPingAndTokens(t *testing.T) {
 	pings, tokens, _ = reg.counts()
 	if pings < 2 || tokens["alice"] != 2 {
 		t.Errorf("NoAuthCache: %d pings, %v tokens; want a ping and a token per import", pings, tokens)
+	}
+}
+
+// TestMirrorVerifiedWithoutPing: after the copy, the mirror is asked for
+// the mirrored manifest by digest with one HEAD and no ping of its own once
+// the importer knows the mirror's (containers/image's copy still pings once),
+// and a mirror that answers another digest is refused.
+func TestMirrorVerifiedWithoutPing(t *testing.T) {
+	src := newRegistry(t, regOpts{})
+	src.pushImage(t, "app:v1", randomImage(t, 1024, 1))
+	var rewrite atomic.Bool
+	dst := newRegistry(t, regOpts{wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if rewrite.Load() && r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/manifests/sha256:") {
+				w.Header().Set("Docker-Content-Digest", "sha256:"+strings.Repeat("0", 64))
+				w.WriteHeader(http.StatusOK)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	imp := importer.New(importer.Options{})
+	t.Cleanup(func() { _ = imp.Close() })
+	req := func(repo string) importer.Request {
+		return importer.Request{From: src.Addr() + "/app:v1", Insecure: true,
+			Mirror: &importer.Mirror{Repository: dst.Addr() + "/" + repo, Insecure: true}}
+	}
+	mustImport(t, imp, req("first"))
+	dst.counter.reset()
+	mustImport(t, imp, req("second"))
+	if pings := dst.counter.get("GET other"); pings != 1 {
+		t.Errorf("second import pinged the mirror %d times, want 1 (the copy's own)", pings)
+	}
+	if heads := dst.counter.get("HEAD manifests"); heads != 1 {
+		t.Errorf("second import sent %d manifest HEADs to the mirror, want 1 (the check)", heads)
+	}
+
+	rewrite.Store(true)
+	err := importErr(t, imp, req("third"))
+	if !importer.Permanent(err) || !strings.Contains(err.Error(), "rewritten image") {
+		t.Errorf("mirror answering another digest: %v, want a permanent refusal of a rewritten image", err)
 	}
 }

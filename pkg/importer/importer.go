@@ -614,12 +614,22 @@ func (i *Importer) mirror(ctx context.Context, guard *egress.Guard, srcSys *type
 		return "", op, NewPermanent(fmt.Errorf("the mirror received a manifest with digest %s, refusing to use a rewritten image", got))
 	}
 	// Ask the mirror itself, so a registry that rewrote what it stored is
-	// caught too.
+	// caught too. The quick client sends only the manifest HEAD when it
+	// knows the mirror's ping (and token) already, where containers/image
+	// would ping again (twice for an insecure mirror: https, then http).
+	verifying := "verifying mirrored " + dstDigested.String()
+	q := i.newQuickClient(dstSession, m.Insecure, registryHost(dst))
+	defer q.close()
+	switch got, verdict := i.quickResolve(ctx, q, m.Insecure, m.Credential, dstDigested); verdict {
+	case quickResolved:
+		return dstDigested.String(), "", nil
+	case quickMismatch:
+		return "", verifying, NewPermanent(fmt.Errorf("the mirror serves digest %s, refusing to use a rewritten image", got))
+	}
 	check, err := docker.NewReference(dstDigested)
 	if err != nil {
 		return "", op, NewPermanent(err)
 	}
-	verifying := "verifying mirrored " + dstDigested.String()
 	if got, err := docker.GetDigest(ctx, dstSys, check); err != nil {
 		return "", verifying, explain(err)
 	} else if got != "" && got != dgst {
