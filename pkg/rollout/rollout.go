@@ -142,7 +142,15 @@ func New(kube kubernetes.Interface, tagger versioned.Interface, resync time.Dura
 	}
 	imgs := tf.Tagger().V1beta1().Images()
 	c.images = imgs.Lister()
-	_, _ = imgs.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	_, _ = imgs.Informer().AddEventHandler(cache.ResourceEventHandlerDetailedFuncs{
+		// An Image created by the import or push of its first generation
+		// has a current reference from its first write. Those listed at
+		// start are not a change.
+		AddFunc: func(obj any, initialList bool) {
+			if n, ok := obj.(*taggerv1beta1.Image); ok && !initialList && n.Status.CurrentReference != "" {
+				c.queue.Add(key{kind: "Image", namespace: n.Namespace, name: n.Name})
+			}
+		},
 		UpdateFunc: func(oldObj, newObj any) {
 			o, ok1 := oldObj.(*taggerv1beta1.Image)
 			n, ok2 := newObj.(*taggerv1beta1.Image)

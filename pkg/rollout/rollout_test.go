@@ -231,3 +231,32 @@ func TestAnnotationKey(t *testing.T) {
 		t.Errorf("long key %s", long)
 	}
 }
+
+// An Image created with its first generation (an import or push into an
+// Image that did not exist) rolls out the workloads already waiting for it.
+func TestRunRollsOutNewImage(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, tagger, c, p := setup(t, deployment("waits", "fresh", true))
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "caches synced", func() bool {
+		for _, s := range c.synced {
+			if !s() {
+				return false
+			}
+		}
+		return true
+	})
+	fresh := appImage(ref2)
+	fresh.Name = "fresh"
+	if _, err := tagger.TaggerV1beta1().Images("ns").Create(ctx, fresh, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "rollout for the new Image", func() bool { return p.get("waits") == 1 })
+	time.Sleep(200 * time.Millisecond)
+	if got := p.get("waits"); got != 1 {
+		t.Fatalf("%d patches for one new Image", got)
+	}
+}

@@ -109,6 +109,12 @@ func ValidateImageStatusUpdate(img, old *tagger.Image) field.ErrorList {
 	return allErrs
 }
 
+// ValidateImageStatus checks the status of an Image the server creates
+// with its first generation.
+func ValidateImageStatus(status *tagger.ImageStatus) field.ErrorList {
+	return validateImageStatus(status, field.NewPath("status"))
+}
+
 func validateImageSpec(spec *tagger.ImageSpec, fldPath *field.Path) field.ErrorList {
 	var allErrs field.ErrorList
 	if spec.From == "" {

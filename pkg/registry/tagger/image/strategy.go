@@ -82,6 +82,22 @@ func SelectableFields(img *tagger.Image) fields.Set {
 	return set
 }
 
+type firstGenerationKey struct{}
+
+// WithFirstGeneration marks ctx for creating an Image together with its
+// first generation (an import or push into an Image that does not exist
+// yet): the history the caller set is kept and validated, so that the
+// Image is written once instead of created and then updated. Requests
+// cannot set it; only the server's own Registry.AddGeneration does.
+func WithFirstGeneration(ctx context.Context) context.Context {
+	return context.WithValue(ctx, firstGenerationKey{}, true)
+}
+
+func firstGeneration(ctx context.Context) bool {
+	v, _ := ctx.Value(firstGenerationKey{}).(bool)
+	return v
+}
+
 type imageStrategy struct {
 	runtime.ObjectTyper
 	names.NameGenerator
@@ -97,10 +113,15 @@ func (imageStrategy) GetResetFields() map[fieldpath.APIVersion]*fieldpath.Set {
 	}
 }
 
-// PrepareForCreate drops any status: generations are only added by imports.
+// PrepareForCreate drops any status: generations are only added by imports
+// and pushes (an Image they create keeps its first: WithFirstGeneration).
 func (imageStrategy) PrepareForCreate(ctx context.Context, obj runtime.Object) {
 	img := obj.(*tagger.Image)
+	history := img.Status.HashReferences
 	img.Status = tagger.ImageStatus{}
+	if firstGeneration(ctx) {
+		img.Status.HashReferences = history
+	}
 	img.Generation = 1
 	normalizePin(img, nil)
 	SetCurrentReference(img)
@@ -149,6 +170,9 @@ func (imageStrategy) PrepareForUpdate(ctx context.Context, obj, old runtime.Obje
 func (s imageStrategy) Validate(ctx context.Context, obj runtime.Object) field.ErrorList {
 	img := obj.(*tagger.Image)
 	errs := validation.ValidateImage(img)
+	if firstGeneration(ctx) {
+		errs = append(errs, validation.ValidateImageStatus(&img.Status)...)
+	}
 	return append(errs, validation.ValidateImportInterval(img.Spec.ImportPolicy, s.opts.MinImportInterval, importIntervalPath)...)
 }
 

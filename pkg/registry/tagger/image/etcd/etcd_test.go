@@ -25,10 +25,12 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metainternalversion "k8s.io/apimachinery/pkg/apis/meta/internalversion"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericregistrytest "k8s.io/apiserver/pkg/registry/generic/testing"
@@ -401,5 +403,88 @@ func TestRegistryUpdateStatusErrors(t *testing.T) {
 	}
 	if after.ResourceVersion != before.ResourceVersion {
 		t.Errorf("failed updates wrote the Image: resourceVersion %s -> %s", before.ResourceVersion, after.ResourceVersion)
+	}
+}
+
+// TestAddGenerationCreatesInOneWrite: an import or push into an Image that
+// does not exist yet writes it once, with its first generation and current
+// reference (a watcher sees one ADDED, no MODIFIED); several racing for the
+// same new Image all end up in its history; a client's create still drops
+// any status it sends.
+func TestAddGenerationCreatesInOneWrite(t *testing.T) {
+	st, status := newStorage(t)
+	reg := NewRegistry(st, status)
+	ctx := nsContext()
+	w, err := st.Watch(ctx, &metainternalversion.ListOptions{ResourceVersion: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+
+	base := time.Now().Truncate(time.Second)
+	spec := validImage().Spec
+	img, err := reg.AddGeneration(ctx, "first", spec, hashRef(1, base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(img.Status.HashReferences) != 1 || img.Status.CurrentReference != hashRef(1, base).ImageReference || img.Generation != 1 {
+		t.Fatalf("created with status %+v, generation %d", img.Status, img.Generation)
+	}
+	select {
+	case ev := <-w.ResultChan():
+		got, _ := ev.Object.(*tagger.Image)
+		if ev.Type != watch.Added || got == nil || got.Status.CurrentReference != img.Status.CurrentReference {
+			t.Fatalf("first event %s %+v", ev.Type, ev.Object)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no ADDED event")
+	}
+	select {
+	case ev := <-w.ResultChan():
+		t.Fatalf("a second write: %s", ev.Type)
+	case <-time.After(500 * time.Millisecond):
+	}
+
+	// Racing creators of one new Image: every generation is recorded.
+	const n = 8
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := reg.AddGeneration(ctx, "raced", spec, hashRef(10+i, base.Add(time.Duration(i)*time.Second))); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	raced, err := reg.Get(ctx, "raced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raced.Status.HashReferences) != n || raced.Status.CurrentReference != hashRef(10+n-1, base).ImageReference {
+		t.Fatalf("racing creators left %d generations, current %q", len(raced.Status.HashReferences), raced.Status.CurrentReference)
+	}
+
+	// A generation that does not validate creates nothing.
+	bad := hashRef(2, base)
+	bad.ImageReference = "not a reference"
+	if _, err := reg.AddGeneration(ctx, "bad", spec, bad); !apierrors.IsInvalid(err) {
+		t.Fatalf("invalid first generation: %v", err)
+	}
+	if _, err := reg.Get(ctx, "bad"); !apierrors.IsNotFound(err) {
+		t.Fatalf("an Image was created from an invalid generation: %v", err)
+	}
+
+	// A client's create cannot set a status.
+	withStatus := validImage()
+	withStatus.Name = "client"
+	withStatus.Status.HashReferences = []tagger.HashReference{hashRef(3, base)}
+	created, err := reg.Create(ctx, withStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(created.Status.HashReferences) != 0 || created.Status.CurrentReference != "" {
+		t.Fatalf("a client created an Image with status %+v", created.Status)
 	}
 }

@@ -97,10 +97,13 @@ func (r *Registry) AddGeneration(ctx context.Context, name string, spec tagger.I
 	if !apierrors.IsNotFound(err) {
 		return img, err
 	}
+	// A new Image is written once, with this generation as its first.
 	ns, _ := genericapirequest.NamespaceFrom(ctx)
-	_, err = r.Create(ctx, &tagger.Image{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: spec})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return nil, err
+	first := &tagger.Image{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}
+	image.AddGeneration(first, ref)
+	created, err := r.Create(image.WithFirstGeneration(ctx), first)
+	if !apierrors.IsAlreadyExists(err) {
+		return created, err
 	}
-	return add()
+	return add() // created meanwhile by another import or push
 }
