@@ -14,19 +14,22 @@ See the License for the specific language governing permissions and
 limitations under the License.
 */
 
-// Package compression gzips the API server's get and list answers with a
-// faster compressor than the generic API server's.
+// Package compression gzips the API server's get and list answers faster
+// than the generic API server does.
 //
 // k8s.io/apiserver compresses every answer over 128 KiB that a client
 // accepts gzipped (client-go and kubectl always do) with compress/gzip at
-// level 1. For a list of 10,000 Images with full histories, 69 MiB of
-// JSON, that took 270 ms of the 320 ms the server needed on this
-// project's machines; github.com/klauspost/compress does the same level
-// in under half the time, with slightly smaller output. The filter makes
-// the same decision the generic server makes (feature gate, the client's
-// Accept-Encoding, 128 KiB) and hides Accept-Encoding from it, so that
-// only one of the two compresses. Watches, subresources (push and pull
-// stream blobs) and every other verb are left to the generic server.
+// level 1, in the goroutine that encodes the answer. For a list of 10,000
+// Images with full histories, 69 MiB of JSON, that took 270 ms of the
+// 320 ms the server needed on this project's 2-core machines. The same
+// level of github.com/klauspost/compress takes 107 ms, and its pgzip
+// takes 58 ms: it compresses blocks of 256 KiB on other goroutines (each
+// primed with the previous block's tail, so the output is as small) while
+// the answer is still being encoded. The filter makes the same decision
+// the generic server makes (feature gate, the client's Accept-Encoding,
+// 128 KiB) and hides Accept-Encoding from it, so that only one of the two
+// compresses. Watches, subresources (push and pull stream blobs) and every
+// other verb are left to the generic server.
 package compression
 
 import (
@@ -34,7 +37,7 @@ import (
 	"net/http"
 	"sync"
 
-	"github.com/klauspost/compress/gzip"
+	gzip "github.com/klauspost/pgzip"
 	"k8s.io/apiserver/pkg/endpoints/handlers/responsewriters"
 	"k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/features"
@@ -47,8 +50,16 @@ const threshold = 128 << 10
 // of the higher levels.
 const level = gzip.BestSpeed
 
+// Two blocks of 256 KiB in flight keep both cores of a small control
+// plane node busy and hold about a megabyte per answer being compressed.
+const (
+	blockSize = 256 << 10
+	blocks    = 2
+)
+
 var writers = sync.Pool{New: func() any {
 	w, _ := gzip.NewWriterLevel(nil, level)
+	_ = w.SetConcurrency(blockSize, blocks)
 	return w
 }}
 
@@ -66,8 +77,8 @@ func WithGzip(handler http.Handler) http.Handler {
 		r = r.Clone(r.Context())
 		r.Header.Del("Accept-Encoding")
 		cw := &writer{ResponseWriter: w}
+		defer cw.abandon()
 		handler.ServeHTTP(cw, r)
-		// Not deferred: after a panic, what was held back stays unsent.
 		cw.close()
 	})
 }
@@ -148,6 +159,15 @@ func (w *writer) Flush() {
 
 // Unwrap lets http.ResponseController reach the connection's writer.
 func (w *writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// abandon stops the compressor's goroutines if the handler panicked; what
+// was held back stays unsent.
+func (w *writer) abandon() {
+	if w.gz != nil {
+		_ = w.gz.Close()
+		w.gz = nil
+	}
+}
 
 func (w *writer) close() {
 	if !w.decided {

@@ -148,3 +148,30 @@ func TestFlushSendsHeldBack(t *testing.T) {
 		t.Fatalf("then %q", rest)
 	}
 }
+
+// A handler that panics before its answer reached the threshold sends
+// nothing of it; one that panics while compressing releases the compressor.
+func TestPanicSendsNothingHeldBack(t *testing.T) {
+	for _, size := range []int{100, 4 * threshold} {
+		h := WithGzip(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write(bytes.Repeat([]byte("a"), size))
+			panic(http.ErrAbortHandler)
+		}))
+		r := httptest.NewRequest(http.MethodGet, "/apis/tagger.dev/v1beta1/images", nil)
+		r.Header.Set("Accept-Encoding", "gzip")
+		r = r.WithContext(request.WithRequestInfo(r.Context(), &request.RequestInfo{IsResourceRequest: true, Verb: "list", Resource: "images"}))
+		rec := httptest.NewRecorder()
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%d bytes: the panic did not reach the caller", size)
+				}
+			}()
+			h.ServeHTTP(rec, r)
+		}()
+		if size < threshold && rec.Body.Len() != 0 {
+			t.Errorf("%d bytes held back, then %d sent after the panic", size, rec.Body.Len())
+		}
+	}
+}
