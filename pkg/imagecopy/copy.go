@@ -226,34 +226,39 @@ func Pull(ctx context.Context, o PullOptions) error {
 	if err != nil {
 		return err
 	}
-	relay, err := StartRelay(o.Target, false)
+	p, err := newPuller(o.Target)
 	if err != nil {
 		return err
 	}
-	defer relay.Close()
-	src, err := docker.ParseReference("//" + relay.Reference() + "@" + o.Digest.String())
-	if err != nil {
-		return err
-	}
+	src := pullReference{p: p, digest: o.Digest}
 	oci := dst.Transport().Name() == "oci-archive" || dst.Transport().Name() == "oci"
 	if !oci {
-		is, err := src.NewImageSource(ctx, hermetic(relay))
+		is, err := src.NewImageSource(ctx, nil)
 		if err != nil {
-			return relayError("pulling "+o.Digest.String(), relay, err)
+			return pullError(o.Digest, p, err)
 		}
 		_, mime, err := is.GetManifest(ctx, nil)
 		_ = is.Close()
 		if err != nil {
-			return relayError("pulling "+o.Digest.String(), relay, err)
+			return pullError(o.Digest, p, err)
 		}
 		if manifest.MIMETypeIsMultiImage(mime) {
 			return fmt.Errorf("%s is a multi-platform image (an index): %s holds a single image; pull to oci-archive:FILE or oci:DIR instead", o.Digest, dst.Transport().Name())
 		}
 	}
-	if _, err := copyImage(ctx, dst, src, hermetic(relay), hermetic(nil), oci, o.CopyOptions); err != nil {
-		return relayError("pulling "+o.Digest.String(), relay, err)
+	if _, err := copyImage(ctx, dst, src, hermetic(nil), hermetic(nil), oci, o.CopyOptions); err != nil {
+		return pullError(o.Digest, p, err)
 	}
 	return nil
+}
+
+// pullError prefers the API server's own refusal, which says what to do,
+// to the error containers/image made of it.
+func pullError(d digest.Digest, p *puller, err error) error {
+	if apiErr := p.Err(); apiErr != nil {
+		return fmt.Errorf("pulling %s: %w", d, apiErr)
+	}
+	return fmt.Errorf("pulling %s: %w", d, err)
 }
 
 func copyImage(ctx context.Context, dst, src types.ImageReference, srcSys, dstSys *types.SystemContext, preserve bool, o CopyOptions) ([]byte, error) {

@@ -20,11 +20,13 @@ limitations under the License.
 // nothing but a kubeconfig. It is the library behind "kubectl image push"
 // and "kubectl image pull".
 //
-// containers/image does the copy; its registry client talks to a Relay, a
-// registry API endpoint on 127.0.0.1 that forwards each request (one blob,
-// one upload chunk, one manifest) to the subresource, authenticated as the
-// kubeconfig says. Big images thus move in many requests, each well below
-// kube-apiserver's request timeout, and blobs the mirror has are skipped.
+// containers/image does the copy. For a push its registry client talks to
+// a Relay, a registry API endpoint on 127.0.0.1 that forwards each request
+// (one blob, one upload chunk, one manifest) to the subresource,
+// authenticated as the kubeconfig says. A pull reads images/pull itself, as
+// a containers/image ImageSource (source.go). Big images thus move in many
+// requests, each well below kube-apiserver's request timeout, and blobs the
+// mirror has are skipped.
 package imagecopy
 
 import (
