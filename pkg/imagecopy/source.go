@@ -17,6 +17,7 @@ limitations under the License.
 package imagecopy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,6 +27,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/docker/reference"
@@ -33,6 +35,8 @@ import (
 	"go.podman.io/image/v5/manifest"
 	"go.podman.io/image/v5/types"
 	"k8s.io/client-go/rest"
+
+	"tagger.dev/tagger/pkg/registryproxy"
 )
 
 // A pull reads images/pull itself, as a containers/image ImageSource: no
@@ -53,6 +57,10 @@ type puller struct {
 	// path is "/apis/tagger.dev/v1beta1/namespaces/<ns>/images/<name>/pull".
 	path string
 	repo string // "<ns>/<name>", for messages
+
+	// plain is set once the API server answered an ordinary blob request
+	// after refusing an upgraded one (see getBlob).
+	plain atomic.Bool
 
 	mu     sync.Mutex
 	apiErr error
@@ -85,6 +93,12 @@ func newPuller(t Target) (*puller, error) {
 // get GETs the registry path below the Image's repository; an answer other
 // than 2xx is an error. what names the object in errors.
 func (p *puller) get(ctx context.Context, regPath, what string, header http.Header) (*http.Response, error) {
+	return p.request(ctx, regPath, what, header, true)
+}
+
+// request is get; remember says whether a refusal of the API server is
+// kept for Err.
+func (p *puller) request(ctx context.Context, regPath, what string, header http.Header, remember bool) (*http.Response, error) {
 	u := *p.base
 	u.Path = strings.TrimSuffix(u.Path, "/") + p.path + "/" + regPath
 	u.RawQuery = url.Values{"method": {http.MethodGet}}.Encode()
@@ -102,9 +116,14 @@ func (p *puller) get(ctx context.Context, regPath, what string, header http.Head
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if resp, err = readUpgraded(ctx, resp, req); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
-		return nil, p.responseError(resp, what)
+		return nil, p.responseError(resp, what, remember)
 	}
 	if ce := resp.Header.Get("Content-Encoding"); ce != "" && ce != "identity" {
 		_ = resp.Body.Close()
@@ -113,10 +132,70 @@ func (p *puller) get(ctx context.Context, regPath, what string, header http.Head
 	return resp, nil
 }
 
+// getBlob GETs a blob. It asks for it on a connection of its own
+// (registryproxy.BlobStreamProtocol), which kube-apiserver's aggregator
+// copies byte for byte. A Tagger server that does not upgrade answers as
+// usual, which serves as well when it reaches the client; but
+// kube-apiserver answers that with 503 ("invalid upgrade response"): a
+// failed upgraded request is then asked again as an ordinary one, and
+// once that works the rest of the pull asks for no upgrade.
+func (p *puller) getBlob(ctx context.Context, regPath, what string, header http.Header) (*http.Response, error) {
+	if !p.plain.Load() {
+		up := header.Clone()
+		if up == nil {
+			up = http.Header{}
+		}
+		up.Set("Connection", "Upgrade")
+		up.Set("Upgrade", registryproxy.BlobStreamProtocol)
+		resp, err := p.request(ctx, regPath, what, up, false)
+		if err == nil || ctx.Err() != nil {
+			return resp, err
+		}
+	}
+	resp, err := p.get(ctx, regPath, what, header)
+	if err == nil {
+		p.plain.Store(true)
+	}
+	return resp, err
+}
+
+// readUpgraded reads what images/pull sends after 101 Switching Protocols:
+// the mirror's answer as an HTTP/1.1 response; closing its body closes the
+// connection, and so does the end of ctx.
+func readUpgraded(ctx context.Context, up *http.Response, req *http.Request) (*http.Response, error) {
+	conn, ok := up.Body.(io.ReadWriteCloser)
+	if !ok || !strings.EqualFold(up.Header.Get("Upgrade"), registryproxy.BlobStreamProtocol) {
+		_ = up.Body.Close()
+		return nil, fmt.Errorf("the API server switched to protocol %q, not %s", up.Header.Get("Upgrade"), registryproxy.BlobStreamProtocol)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	resp, err := http.ReadResponse(bufio.NewReaderSize(conn, 64<<10), req)
+	if err != nil {
+		stop()
+		_ = conn.Close()
+		return nil, err
+	}
+	resp.Body = &upgradedBody{ReadCloser: resp.Body, conn: conn, stop: stop}
+	return resp, nil
+}
+
+// upgradedBody is the body of an answer on an upgraded connection.
+type upgradedBody struct {
+	io.ReadCloser
+	conn io.Closer
+	stop func() bool
+}
+
+func (b *upgradedBody) Close() error {
+	b.stop()
+	_ = b.ReadCloser.Close()
+	return b.conn.Close()
+}
+
 // responseError makes an error of a refusal: the API server's own (a
 // metav1.Status) becomes an APIError, remembered for Err; the mirror's
 // (a registry error) says its code and message.
-func (p *puller) responseError(resp *http.Response, what string) error {
+func (p *puller) responseError(resp *http.Response, what string, remember bool) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
 		var st struct {
@@ -127,7 +206,7 @@ func (p *puller) responseError(resp *http.Response, what string) error {
 		if json.Unmarshal(body, &st) == nil && st.Kind == "Status" {
 			err := &APIError{Code: resp.StatusCode, Reason: st.Reason, Message: st.Message}
 			p.mu.Lock()
-			if p.apiErr == nil {
+			if p.apiErr == nil && remember {
 				p.apiErr = err
 			}
 			p.mu.Unlock()
@@ -273,7 +352,7 @@ func (s *pullSource) GetBlob(ctx context.Context, info types.BlobInfo, _ types.B
 		return nil, 0, fmt.Errorf("invalid blob digest %q: %w", info.Digest, err)
 	}
 	b := &resumingBody{ctx: ctx, p: s.ref.p, path: "blobs/" + info.Digest.String(), what: "reading blob " + info.Digest.String()}
-	resp, err := b.p.get(ctx, b.path, b.what, nil)
+	resp, err := b.p.getBlob(ctx, b.path, b.what, nil)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -335,7 +414,7 @@ func (b *resumingBody) resume(cause error) error {
 		return fmt.Errorf("%s: cut %d times, the last at byte %d: %w", b.what, b.resumes+1, b.offset, cause)
 	}
 	b.resumes++
-	resp, err := b.p.get(b.ctx, b.path, b.what, http.Header{"Range": {fmt.Sprintf("bytes=%d-", b.offset)}})
+	resp, err := b.p.getBlob(b.ctx, b.path, b.what, http.Header{"Range": {fmt.Sprintf("bytes=%d-", b.offset)}})
 	if err != nil {
 		return fmt.Errorf("resuming after %v: %w", cause, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -35,6 +36,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"tagger.dev/tagger/pkg/imagecopy/imagecopytest"
+	"tagger.dev/tagger/pkg/registryproxy"
 )
 
 const fakePullPath = "/apis/tagger.dev/v1beta1/namespaces/ns/images/app/pull/"
@@ -53,11 +55,19 @@ type fakePull struct {
 	gzip bool
 	// refuse answers everything with this metav1.Status code.
 	refuse int
+	// upgrade answers blob requests that ask for it on the upgraded
+	// connection (registryproxy.BlobStreamProtocol), as Tagger does.
+	upgrade bool
+	// refuseUpgrade answers blob requests asking for an upgrade as
+	// kube-apiserver does when the server behind it answers them as
+	// usual: 503.
+	refuseUpgrade bool
 
 	mu        sync.Mutex
 	cutDone   bool
 	ranges    []string
 	encodings []string
+	upgrades  int
 }
 
 func (f *fakePull) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -102,6 +112,22 @@ func (f *fakePull) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b = bytes.Clone(b)
 		b[len(b)/3] ^= 0xff
 	}
+	if f.ignoreRange {
+		r.Header.Del("Range")
+	}
+	if f.refuseUpgrade && r.Header.Get("Upgrade") != "" {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"kind":"Status","apiVersion":"v1","status":"Failure","code":503,"message":"invalid upgrade response: status code 200"}`))
+		return
+	}
+	if f.upgrade && r.Header.Get("Upgrade") == registryproxy.BlobStreamProtocol {
+		f.mu.Lock()
+		f.upgrades++
+		f.mu.Unlock()
+		f.serveUpgraded(w, r, b, cut)
+		return
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	if f.gzip {
 		w.Header().Set("Content-Encoding", "gzip")
@@ -113,10 +139,32 @@ func (f *fakePull) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.(http.Flusher).Flush()
 		panic(http.ErrAbortHandler) // the connection breaks
 	}
-	if f.ignoreRange {
-		r.Header.Del("Range")
-	}
 	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
+}
+
+// serveUpgraded answers 101, then the blob's answer on the bare connection.
+func (f *fakePull) serveUpgraded(w http.ResponseWriter, r *http.Request, b []byte, cut bool) {
+	conn, rw, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	status, body, headers := http.StatusOK, b, ""
+	var from int
+	if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-", &from); err == nil {
+		status, body = http.StatusPartialContent, b[from:]
+		headers = fmt.Sprintf("Content-Range: bytes %d-%d/%d\r\n", from, len(b)-1, len(b))
+	}
+	if f.gzip {
+		headers += "Content-Encoding: gzip\r\n"
+	}
+	fmt.Fprintf(rw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", registryproxy.BlobStreamProtocol)
+	fmt.Fprintf(rw, "HTTP/1.1 %d %s\r\nContent-Length: %d\r\n%s\r\n", status, http.StatusText(status), len(body), headers)
+	if cut {
+		body = body[:len(body)/2]
+	}
+	_, _ = rw.Write(body)
+	_ = rw.Flush()
 }
 
 // pullFixture writes an image of two layers as an OCI layout and serves it
@@ -167,8 +215,17 @@ func sameBlobs(t *testing.T, want, got string) {
 	}
 }
 
-func TestPullResumesACutBlob(t *testing.T) {
-	f := &fakePull{}
+// answers runs test with images/pull answering blobs as usual, and on
+// upgraded connections.
+func answers(t *testing.T, test func(t *testing.T, upgrade bool)) {
+	t.Run("ordinary", func(t *testing.T) { test(t, false) })
+	t.Run("upgraded", func(t *testing.T) { test(t, true) })
+}
+
+func TestPullResumesACutBlob(t *testing.T) { answers(t, testPullResumesACutBlob) }
+
+func testPullResumesACutBlob(t *testing.T, upgrade bool) {
+	f := &fakePull{upgrade: upgrade}
 	target, d, layer := pullFixture(t, f)
 	f.cut = layer
 	out := filepath.Join(t.TempDir(), "out")
@@ -184,6 +241,9 @@ func TestPullResumesACutBlob(t *testing.T) {
 		if e != "identity" {
 			t.Errorf("a blob was asked for with Accept-Encoding %q, want identity", e)
 		}
+	}
+	if upgrade && f.upgrades != len(f.encodings) {
+		t.Errorf("%d of %d blob requests asked for an upgraded connection", f.upgrades, len(f.encodings))
 	}
 }
 
@@ -211,18 +271,20 @@ func TestPullFailures(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			f := &fakePull{}
-			target, d, layer := pullFixture(t, f)
-			tc.setup(f, layer)
-			err := Pull(context.Background(), PullOptions{Target: target, Digest: d, Dest: "oci:" + filepath.Join(t.TempDir(), "out")})
-			if err == nil {
-				t.Fatal("pulled")
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("%v: lacks %q", err, w)
+			answers(t, func(t *testing.T, upgrade bool) {
+				f := &fakePull{upgrade: upgrade}
+				target, d, layer := pullFixture(t, f)
+				tc.setup(f, layer)
+				err := Pull(context.Background(), PullOptions{Target: target, Digest: d, Dest: "oci:" + filepath.Join(t.TempDir(), "out")})
+				if err == nil {
+					t.Fatal("pulled")
 				}
-			}
+				for _, w := range tc.want {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("%v: lacks %q", err, w)
+					}
+				}
+			})
 		})
 	}
 }
@@ -234,4 +296,17 @@ func TestPullUnknownManifest(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "blob unknown to registry") {
 		t.Fatalf("got %v, want the registry's error", err)
 	}
+}
+
+// TestPullFromAServerThatDoesNotUpgrade: through kube-apiserver, a Tagger
+// server that answers upgraded blob requests as usual gets them refused
+// (503); the pull asks again without the upgrade.
+func TestPullFromAServerThatDoesNotUpgrade(t *testing.T) {
+	f := &fakePull{refuseUpgrade: true}
+	target, d, _ := pullFixture(t, f)
+	out := filepath.Join(t.TempDir(), "out")
+	if err := Pull(context.Background(), PullOptions{Target: target, Digest: d, Dest: "oci:" + out}); err != nil {
+		t.Fatal(err)
+	}
+	sameBlobs(t, f.dir, out)
 }

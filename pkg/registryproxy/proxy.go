@@ -50,6 +50,13 @@ const (
 	// ImageReferenceHeader, on the answer to a manifest PUT by tag, is the
 	// generation the push recorded.
 	ImageReferenceHeader = "Tagger-Image-Reference"
+	// BlobStreamProtocol is the Upgrade token with which a client of
+	// images/pull asks for a blob on a connection of its own: the answer is
+	// 101 Switching Protocols, then the mirror's answer as an HTTP/1.1
+	// response on the bare connection. kube-apiserver's aggregator copies
+	// an upgraded connection byte for byte, as for exec and port-forward,
+	// instead of proxying the answer over its HTTP/2 connection to Tagger.
+	BlobStreamProtocol = "tagger-blob-stream"
 )
 
 // ForwardedRequestHeaders are the request headers of the registry API that

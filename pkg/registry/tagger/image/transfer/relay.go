@@ -26,6 +26,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -192,7 +193,76 @@ func (t *transfer) pull(w http.ResponseWriter, req *http.Request) {
 			}
 		}
 	}
+	if t.method == http.MethodGet && t.path.Kind == registryproxy.Blob && resp.StatusCode/100 == 2 && wantsBlobStream(req.Header) &&
+		t.writeUpgraded(w, req, resp) {
+		return
+	}
 	t.write(w, resp, nil)
+}
+
+// wantsBlobStream tells whether a pull asked for its blob on a connection
+// of its own (Connection: Upgrade, Upgrade: tagger-blob-stream).
+func wantsBlobStream(h http.Header) bool {
+	upgrade := false
+	for _, v := range h.Values("Connection") {
+		for _, tok := range strings.Split(v, ",") {
+			upgrade = upgrade || strings.EqualFold(strings.TrimSpace(tok), "upgrade")
+		}
+	}
+	if !upgrade {
+		return false
+	}
+	for _, v := range h.Values("Upgrade") {
+		for _, tok := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(tok), registryproxy.BlobStreamProtocol) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// writeUpgraded answers with 101 Switching Protocols and then relays the
+// mirror's answer as an HTTP/1.1 response on the bare connection. Through
+// kube-apiserver's aggregator this is the cheap path for a blob: an
+// upgraded connection is copied byte for byte, where an ordinary answer
+// is proxied over the aggregator's one HTTP/2 connection to Tagger in
+// DATA frames (at 1 GiB, 0.6 CPU-s more in Tagger and 0.5 in
+// kube-apiserver). It returns false, having written nothing, when the
+// connection cannot be taken over (HTTP/2): the answer is then an
+// ordinary one.
+func (t *transfer) writeUpgraded(w http.ResponseWriter, req *http.Request, resp *http.Response) bool {
+	hj, ok := w.(http.Hijacker)
+	if !ok || req.ProtoMajor != 1 {
+		return false
+	}
+	conn, rw, err := hj.Hijack()
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	// The request's deadline (Tagger's request timeout, a cancelled
+	// request) ends the stream: the server no longer watches the
+	// connection.
+	_ = conn.SetDeadline(time.Time{})
+	stop := context.AfterFunc(req.Context(), func() { _ = conn.SetDeadline(time.Now()) })
+	defer stop()
+	h := http.Header{}
+	registryproxy.CopyHeaders(h, resp.Header, func(loc string) string { return t.repo.RewriteLocation(loc, t.base) })
+	fmt.Fprintf(rw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", registryproxy.BlobStreamProtocol)
+	fmt.Fprintf(rw, "HTTP/1.1 %03d %s\r\n", resp.StatusCode, http.StatusText(resp.StatusCode))
+	if err := h.Write(rw); err != nil {
+		return true
+	}
+	if _, err := rw.WriteString("\r\n"); err != nil {
+		return true
+	}
+	if err := rw.Flush(); err != nil {
+		return true
+	}
+	n, _ := relayBody(conn, resp.Body)
+	metrics.PulledBytes.WithLabelValues(metrics.Host(t.repo.Reference)).Add(float64(n))
+	return true
 }
 
 // putManifest relays a manifest PUT. A PUT by tag is a top-level push:
