@@ -30,6 +30,7 @@ import (
 	"k8s.io/apiserver/pkg/registry/rest"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	genericfilters "k8s.io/apiserver/pkg/server/filters"
+	restclient "k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
@@ -235,7 +236,7 @@ func (c completedConfig) New() (*TaggerServer, error) {
 	}
 
 	gs.AddPostStartHookOrDie("tagger-import-controller", func(hookCtx genericapiserver.PostStartHookContext) error {
-		client, err := versioned.NewForConfig(hookCtx.LoopbackClientConfig)
+		client, err := LoopbackClient(hookCtx.LoopbackClientConfig)
 		if err != nil {
 			return err
 		}
@@ -289,4 +290,16 @@ func (i registryImages) Get(ctx context.Context, namespace, name string) (*tagge
 // Run serves until ctx ends.
 func (s *TaggerServer) Run(ctx context.Context) error {
 	return s.GenericAPIServer.PrepareRun().RunWithContext(ctx)
+}
+
+// LoopbackClient is the clientset the server's own controllers use. It
+// speaks HTTP/1.1: an HTTP/2 connection the server accepts just as it
+// starts shutting down registers with x/net/http2 after the GOAWAYs went
+// out, and then holds the shutdown for its whole minute (tests that stop
+// a server right after it started hit this); net/http closes HTTP/1.1
+// connections itself.
+func LoopbackClient(loopback *restclient.Config) (versioned.Interface, error) {
+	cfg := restclient.CopyConfig(loopback)
+	cfg.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	return versioned.NewForConfig(cfg)
 }

@@ -24,7 +24,6 @@ import (
 
 	"tagger.dev/tagger/pkg/controller/cleanup"
 	"tagger.dev/tagger/pkg/controller/imports"
-	"tagger.dev/tagger/pkg/generated/clientset/versioned"
 	taggerinformers "tagger.dev/tagger/pkg/generated/informers/externalversions"
 	"tagger.dev/tagger/pkg/metrics"
 )
@@ -51,7 +50,7 @@ func (c completedConfig) addCleanup(gs *genericapiserver.GenericAPIServer) error
 	}
 	opts := c.ExtraConfig.Cleanup
 	return gs.AddPostStartHook("tagger-cleanup", func(hookCtx genericapiserver.PostStartHookContext) error {
-		client, err := versioned.NewForConfig(hookCtx.LoopbackClientConfig)
+		client, err := LoopbackClient(hookCtx.LoopbackClientConfig)
 		if err != nil {
 			return err
 		}

@@ -49,7 +49,6 @@ import (
 
 	"tagger.dev/tagger/pkg/apiserver"
 	"tagger.dev/tagger/pkg/apiserver/scheme"
-	"tagger.dev/tagger/pkg/generated/clientset/versioned"
 	generatedopenapi "tagger.dev/tagger/pkg/generated/openapi"
 	"tagger.dev/tagger/pkg/importer"
 	"tagger.dev/tagger/pkg/localmode"
@@ -294,7 +293,7 @@ func (o *Options) Config() (*apiserver.Config, error) {
 		le := o.LeaderElection
 		le.Namespace = o.Namespace
 		gc.AddPostStartHookOrDie("tagger-rollout", func(hookCtx genericapiserver.PostStartHookContext) error {
-			tagger, err := versioned.NewForConfig(hookCtx.LoopbackClientConfig)
+			tagger, err := apiserver.LoopbackClient(hookCtx.LoopbackClientConfig)
 			if err != nil {
 				return err
 			}
