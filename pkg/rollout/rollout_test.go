@@ -134,13 +134,11 @@ func TestImageChangedPatchesOncePerChange(t *testing.T) {
 	}
 }
 
-func TestRunRollsOutOnCurrentChangeOnly(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	kube, tagger, c, p := setup(t, deployment("web", "app", true))
+// run starts c and waits for its caches; the returned function stops it.
+func run(t *testing.T, ctx context.Context, cancel context.CancelFunc, c *Controller) func() {
+	t.Helper()
 	done := make(chan struct{})
 	go func() { _ = c.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
 	eventually(t, "caches synced", func() bool {
 		for _, s := range c.synced {
 			if !s() {
@@ -149,6 +147,14 @@ func TestRunRollsOutOnCurrentChangeOnly(t *testing.T) {
 		}
 		return true
 	})
+	return func() { cancel(); <-done }
+}
+
+func TestRunRollsOutOnCurrentChangeOnly(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	kube, tagger, c, p := setup(t, deployment("web", "app", true))
+	defer run(t, ctx, cancel, c)()
 	// Starting up is not a change: no rollout.
 	time.Sleep(200 * time.Millisecond)
 	if got := p.get("web"); got != 0 {
@@ -238,17 +244,7 @@ func TestRunRollsOutNewImage(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	_, tagger, c, p := setup(t, deployment("waits", "fresh", true))
-	done := make(chan struct{})
-	go func() { _ = c.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	eventually(t, "caches synced", func() bool {
-		for _, s := range c.synced {
-			if !s() {
-				return false
-			}
-		}
-		return true
-	})
+	defer run(t, ctx, cancel, c)()
 	fresh := appImage(ref2)
 	fresh.Name = "fresh"
 	if _, err := tagger.TaggerV1beta1().Images("ns").Create(ctx, fresh, metav1.CreateOptions{}); err != nil {

@@ -53,6 +53,23 @@ type aggregatorBench struct {
 	TaggerRSSError string  `json:"taggerRSSError,omitempty"`
 }
 
+// benchCluster is the cluster with the plugin installed, a new namespace
+// and a mirror registry of its own for it.
+func benchCluster(t *testing.T, namespace string) (*cluster, string, *registry) {
+	t.Helper()
+	c := needCluster(t)
+	c.needPlugin(t, "kubectl-image")
+	ns := c.namespace(t, namespace)
+	reg, err := localregistry.New(context.Background(), localregistry.Options{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = reg.Close() })
+	mirror := &registry{Registry: reg}
+	c.ownMirror(t, ns, mirror)
+	return c, ns, mirror
+}
+
 // TestAggregatorBench pushes and pulls a 1 GiB image of 4 layers through
 // kube-apiserver's aggregator with `kubectl image`, next to skopeo copying
 // the same OCI layout straight to and from the same registry, and samples
@@ -62,16 +79,7 @@ func TestAggregatorBench(t *testing.T) {
 	if out == "" {
 		t.Skipf("a benchmark: runs with %s=FILE (make bench)", benchOutEnv)
 	}
-	c := needCluster(t)
-	c.needPlugin(t, "kubectl-image")
-	ns := c.namespace(t, "bench-aggregator")
-	reg, err := localregistry.New(context.Background(), localregistry.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = reg.Close() })
-	mirror := &registry{Registry: reg}
-	c.ownMirror(t, ns, mirror)
+	c, ns, mirror := benchCluster(t, "bench-aggregator")
 
 	var res aggregatorBench
 	work := t.TempDir()

@@ -39,7 +39,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"tagger.dev/tagger/pkg/imagecopy"
-	"tagger.dev/tagger/pkg/localregistry"
 	"tagger.dev/tagger/pkg/registryproxy"
 )
 
@@ -65,16 +64,7 @@ func TestPullHops(t *testing.T) {
 	if out == "" {
 		t.Skipf("a benchmark: runs with %s=DIR", pullHopsEnv)
 	}
-	c := needCluster(t)
-	c.needPlugin(t, "kubectl-image")
-	ns := c.namespace(t, "bench-hops")
-	reg, err := localregistry.New(context.Background(), localregistry.Options{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = reg.Close() })
-	mirror := &registry{Registry: reg}
-	c.ownMirror(t, ns, mirror)
+	c, ns, mirror := benchCluster(t, "bench-hops")
 	work := t.TempDir()
 	layout := filepath.Join(work, "layout")
 	d, _ := bigLayout(t, work, layout, 4, 256<<20)
