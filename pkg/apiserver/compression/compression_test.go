@@ -29,7 +29,7 @@ import (
 )
 
 func TestWithGzip(t *testing.T) {
-	big := bytes.Repeat([]byte(`{"from":"quay.io/org/app:latest"},`), 8<<10) // 272 KiB
+	big := bytes.Repeat([]byte(`{"from":"registry.example.com/org/app:latest"},`), 8<<10) // 272 KiB
 	small := []byte(`{"kind":"Image"}`)
 	list := &request.RequestInfo{IsResourceRequest: true, Verb: "list", APIGroup: "tagger.dev", Resource: "images"}
 	cases := []struct {

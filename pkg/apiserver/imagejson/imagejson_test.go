@@ -105,9 +105,9 @@ func TestSameAsEncodingJSON(t *testing.T) {
 	}
 	full := taggerv1beta1.Image{
 		ObjectMeta: meta,
-		Spec:       taggerv1beta1.ImageSpec{From: "quay.io/org/app:latest", Mirror: true, ImportPolicy: &taggerv1beta1.ImportPolicy{Scheduled: true, Interval: &metav1.Duration{Duration: time.Minute}}},
+		Spec:       taggerv1beta1.ImageSpec{From: "registry.example.com/org/app:latest", Mirror: true, ImportPolicy: &taggerv1beta1.ImportPolicy{Scheduled: true, Interval: &metav1.Duration{Duration: time.Minute}}},
 		Status: taggerv1beta1.ImageStatus{
-			HashReferences:   history(taggerv1beta1.MaxHashReferences, "quay.io/org/app:latest", "mirror.example:5000/team-a_app"),
+			HashReferences:   history(taggerv1beta1.MaxHashReferences, "registry.example.com/org/app:latest", "mirror.example:5000/team-a_app"),
 			CurrentReference: "mirror.example:5000/team-a_app@sha256:0000",
 			LastCheckedAt:    &metav1.MicroTime{Time: time.Date(2026, 11, 30, 1, 2, 3, 4000, time.UTC)},
 			Conditions:       []metav1.Condition{{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Imported", Message: `"status":{ & <b>`, LastTransitionTime: metav1.Now()}},
