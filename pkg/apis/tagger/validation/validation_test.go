@@ -191,7 +191,7 @@ func TestValidateImageUpdate(t *testing.T) {
 	}, {
 		name: "spec.from changes",
 		old:  validImage(),
-		img:  imageWith(func(img *tagger.Image) { img.Spec.From = "docker.io/library/nginx:1.27" }),
+		img:  imageWith(func(img *tagger.Image) { img.Spec.From = "registry.example.com/library/nginx:1.27" }),
 	}, {
 		name: "spec.from becomes invalid",
 		old:  validImage(),
